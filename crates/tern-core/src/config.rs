@@ -1,0 +1,425 @@
+//! The typed configuration, read from `tern.toml`.
+//!
+//! Every field has a default so that an empty file (or no file) runs a
+//! working server on loopback. Unknown keys are errors: a typo must not
+//! silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::RetryPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// How a listener treats TLS and authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Port 25 style: STARTTLS offered, AUTH only after TLS, mail for local
+    /// domains from anyone.
+    Smtp,
+    /// Port 587 style (RFC 6409): STARTTLS and AUTH required before MAIL.
+    Submission,
+    /// Port 465 style (RFC 8314): TLS from the first byte, AUTH required.
+    Smtps,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub mode: ListenerMode,
+    /// Offer AUTH on a connection that is not encrypted. Only for trusted
+    /// networks (e.g. loopback scripts); off by default.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Default: `<data_dir>/tls/cert.pem`, generated
+    /// (self-signed) on first start when missing.
+    pub cert: Option<PathBuf>,
+    /// PEM private key. Default: `<data_dir>/tls/key.pem`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsConfig {
+    /// Domains whose mail is delivered to mailboxes here. Default: the
+    /// hostname and `localhost`.
+    pub local: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted, in octets (advertised as SIZE, RFC 1870).
+    pub max_message_size: u64,
+    /// Recipients per message (RFC 5321 4.5.3.1.8 requires at least 100).
+    pub max_recipients: usize,
+    /// Longest command line including CRLF (RFC 5321 4.5.3.1.4: 512).
+    pub max_command_line: usize,
+    /// Longest text line in a message including CRLF (RFC 5321 4.5.3.1.6: 1000).
+    pub max_text_line: usize,
+    /// Idle time allowed between commands (RFC 5321 4.5.3.2.7: 5 minutes).
+    pub command_timeout: HumanDuration,
+    /// Idle time allowed while receiving message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    pub data_timeout: HumanDuration,
+    /// Open SMTP connections in total.
+    pub max_connections: usize,
+    /// Open SMTP connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Failed AUTH attempts on one connection before it is closed.
+    pub max_auth_failures: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            command_timeout: HumanDuration(Duration::from_secs(300)),
+            data_timeout: HumanDuration(Duration::from_secs(180)),
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            max_auth_failures: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Waits between attempts after a temporary failure; the last repeats.
+    pub retry: Vec<HumanDuration>,
+    /// Give up (and bounce) this long after arrival.
+    pub expire: HumanDuration,
+    /// How many deliveries run at once.
+    pub workers: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        QueueConfig {
+            retry: p.schedule.into_iter().map(HumanDuration).collect(),
+            expire: HumanDuration(p.expire),
+            workers: 16,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            schedule: self.retry.iter().map(|d| d.0).collect(),
+            expire: self.expire.0,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Any listener given replaces the default set.
+    #[serde(default = "default_listeners")]
+    pub listener: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub domains: DomainsConfig,
+    /// `"alias@domain" = ["target@domain", ...]`; `"@domain"` is a catch-all.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./tern-data")
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    let l = |port: u16, mode| ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        mode,
+        allow_plaintext_auth: false,
+    };
+    vec![
+        l(2525, ListenerMode::Smtp),
+        l(2587, ListenerMode::Submission),
+        l(2465, ListenerMode::Smtps),
+    ]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_toml("", Path::new("<defaults>")).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(invalid("hostname", "must be a host name without spaces".into()));
+        }
+        if self.listener.is_empty() {
+            return Err(invalid("listener", "at least one listener is needed".into()));
+        }
+        for (i, a) in self.listener.iter().enumerate() {
+            if a.address.port() != 0 && self.listener[..i].iter().any(|b| b.address == a.address) {
+                return Err(invalid(
+                    &format!("listener[{i}].address"),
+                    format!("{} is used by two listeners", a.address),
+                ));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "set both `cert` and `key`, or neither".into()));
+        }
+        for (i, d) in self.local_domains().iter().enumerate() {
+            if crate::Address::parse(&format!("x@{d}")).is_err() {
+                return Err(invalid(
+                    &format!("domains.local[{i}]"),
+                    format!("{d:?} is not a domain name"),
+                ));
+            }
+        }
+        for (alias, targets) in &self.aliases {
+            let key = format!("aliases.\"{alias}\"");
+            let alias_ok = match alias.strip_prefix('@') {
+                Some(domain) => crate::Address::parse(&format!("x@{domain}")).is_ok(),
+                None => crate::Address::parse(alias).is_ok(),
+            };
+            if !alias_ok {
+                return Err(invalid(&key, "must be `user@domain` or `@domain`".into()));
+            }
+            if targets.is_empty() {
+                return Err(invalid(&key, "needs at least one target address".into()));
+            }
+            if let Some(t) = targets.iter().find(|t| crate::Address::parse(t).is_err()) {
+                return Err(invalid(&key, format!("{t:?} is not an address")));
+            }
+        }
+        let l = &self.limits;
+        if l.max_command_line < 512 {
+            return Err(invalid(
+                "limits.max_command_line",
+                "must be at least 512 (RFC 5321 4.5.3.1.4)".into(),
+            ));
+        }
+        if l.max_text_line < 1000 {
+            return Err(invalid(
+                "limits.max_text_line",
+                "must be at least 1000 (RFC 5321 4.5.3.1.6)".into(),
+            ));
+        }
+        if l.max_recipients == 0 {
+            return Err(invalid("limits.max_recipients", "must be at least 1".into()));
+        }
+        if l.max_message_size < 1024 {
+            return Err(invalid("limits.max_message_size", "must be at least 1024".into()));
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1".into()));
+        }
+        if self.queue.retry.is_empty() {
+            return Err(invalid("queue.retry", "needs at least one interval".into()));
+        }
+        if self.queue.workers == 0 {
+            return Err(invalid("queue.workers", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Local domains, lowercased; defaults to the hostname and `localhost`.
+    pub fn local_domains(&self) -> Vec<String> {
+        match &self.domains.local {
+            Some(list) => list.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            None => vec![self.hostname.to_ascii_lowercase(), "localhost".to_string()],
+        }
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls.cert.clone().unwrap_or_else(|| self.data_dir.join("tls/cert.pem"))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.tls.key.clone().unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+    }
+
+    /// True when the certificate is Tern's own self-signed one.
+    pub fn tls_is_generated(&self) -> bool {
+        self.tls.cert.is_none()
+    }
+}
+
+/// A duration written as `30s`, `5m`, `4h` or `5d` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Option<HumanDuration> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let secs = match unit.trim() {
+            "" | "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            _ => return None,
+        };
+        Some(HumanDuration(Duration::from_secs(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Text(t) => HumanDuration::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration (use e.g. \"30s\", \"5m\", \"4h\", \"5d\")"
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("tern.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listener.len(), 3);
+        assert_eq!(c.listener[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.limits.max_message_size, 25 * 1024 * 1024);
+        assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+        assert!(c.local_domains().contains(&"localhost".to_string()));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            r#"
+            hostname = "mx.example.com"
+            data_dir = "/var/lib/tern"
+            [[listener]]
+            address = "0.0.0.0:25"
+            mode = "smtp"
+            [tls]
+            cert = "/etc/tern/cert.pem"
+            key = "/etc/tern/key.pem"
+            [domains]
+            local = ["Example.com"]
+            [aliases]
+            "info@example.com" = ["alice@example.com"]
+            "@example.com" = ["bob@example.com"]
+            [limits]
+            max_message_size = 1048576
+            command_timeout = "1m"
+            [queue]
+            retry = ["1m", "1h"]
+            expire = "2d"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.local_domains(), vec!["example.com"]);
+        assert_eq!(c.limits.command_timeout.0, Duration::from_secs(60));
+        assert_eq!(c.queue.retry_policy().expire, Duration::from_secs(172800));
+        assert_eq!(c.listener[0].mode, ListenerMode::Smtp);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("hostnme = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("hostnme"), "{e}");
+        let e = parse("[limits]\nmax_recipients = \"many\"").unwrap_err().to_string();
+        assert!(e.contains("max_recipients"), "{e}");
+        let e = parse("[limits]\nmax_command_line = 100").unwrap_err().to_string();
+        assert!(e.contains("limits.max_command_line"), "{e}");
+        let e = parse("[[listener]]\naddress = \"nope\"\nmode = \"smtp\"").unwrap_err().to_string();
+        assert!(e.contains("address"), "{e}");
+        let e = parse("[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"pop3\"").unwrap_err().to_string();
+        assert!(e.contains("mode") || e.contains("pop3"), "{e}");
+        let e = parse("[queue]\nexpire = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("expire"), "{e}");
+    }
+}

@@ -1,0 +1,130 @@
+//! Local delivery into Maildir (`<data_dir>/mail/<domain>/<user>/`), the
+//! format Dovecot and every Maildir reader serve: write into `tmp/`, fsync,
+//! rename into `new/`, fsync the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tern_core::Address;
+
+pub struct Maildir {
+    root: PathBuf,
+    hostname: String,
+    counter: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    #[error("mailbox name {0:?} is not safe as a directory name")]
+    BadName(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Maildir {
+    pub fn new(root: PathBuf, hostname: &str) -> Maildir {
+        // A host name inside a file name may not contain '/' or ':' (the
+        // Maildir info separator).
+        let hostname = hostname.replace(['/', ':'], "_");
+        Maildir {
+            root,
+            hostname,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory of one mailbox.
+    pub fn mailbox_dir(&self, rcpt: &Address) -> Result<PathBuf, MaildirError> {
+        let local = rcpt.local().to_lowercase();
+        let domain = rcpt.domain();
+        for part in [local.as_str(), domain] {
+            if part.is_empty()
+                || part.starts_with('.')
+                || part.contains(['/', '\\'])
+                || part.chars().any(|c| c.is_control())
+            {
+                return Err(MaildirError::BadName(rcpt.to_string()));
+            }
+        }
+        Ok(self.root.join(domain).join(local))
+    }
+
+    /// Delivers one copy, adding Return-Path (RFC 5321 4.4) and Delivered-To
+    /// in front. Blocking: call from a blocking thread.
+    pub fn deliver(&self, sender: &str, rcpt: &Address, body: &[u8]) -> Result<PathBuf, MaildirError> {
+        let dir = self.mailbox_dir(rcpt)?;
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let name = self.unique_name(body.len());
+        let tmp = dir.join("tmp").join(&name);
+        let new = dir.join("new").join(&name);
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+            f.write_all(head.as_bytes())?;
+            f.write_all(body)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &new)?;
+            sync_dir(&dir.join("new"))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        Ok(new)
+    }
+
+    /// `time.M<usec>P<pid>Q<n>.host,S=<size>`: unique per delivery (the
+    /// Maildir naming convention, with Dovecot's S= size hint).
+    fn unique_name(&self, size: usize) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}.M{}P{}Q{}R{:08x}.{},S={}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            n,
+            rand::random::<u32>(),
+            self.hostname,
+            size
+        )
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivers_into_new_with_return_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let md = Maildir::new(tmp.path().to_path_buf(), "mx.test");
+        let rcpt = Address::parse("Alice@Example.com").unwrap();
+        let path = md.deliver("bob@remote.test", &rcpt, b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        assert!(path.starts_with(tmp.path().join("example.com/alice/new")));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("Return-Path: <bob@remote.test>\r\nDelivered-To: Alice@example.com\r\n"));
+        assert!(text.ends_with("Subject: hi\r\n\r\nbody\r\n"));
+        assert_eq!(fs::read_dir(tmp.path().join("example.com/alice/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_unsafe_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let md = Maildir::new(tmp.path().to_path_buf(), "mx.test");
+        for bad in ["../x@example.com", ".hidden@example.com", "a/b@example.com"] {
+            let rcpt = Address::parse(bad).unwrap();
+            assert!(md.deliver("", &rcpt, b"x\r\n").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Delivery status notifications (bounces): RFC 3464 inside an RFC 6522
+//! multipart/report, sent with the null reverse-path (RFC 5321 4.5.5) so
+//! that a bounce is never bounced.
+
+use std::fmt::Write;
+
+use tern_core::MessageId;
+
+/// One failed recipient for the report.
+pub struct FailedRecipient<'a> {
+    pub address: &'a str,
+    /// The reason, usually the remote reply (`550 5.1.1 ...`).
+    pub reason: &'a str,
+}
+
+/// Builds the bounce for `sender` about `original` (its full text; only the
+/// header block is returned to the sender).
+pub fn build_dsn(
+    hostname: &str,
+    id: MessageId,
+    sender: &str,
+    arrival: i64,
+    failed: &[FailedRecipient<'_>],
+    original: &[u8],
+) -> Vec<u8> {
+    let boundary = format!("{id}/{hostname}");
+    let now = chrono::Utc::now().to_rfc2822();
+    let arrival = chrono::DateTime::from_timestamp(arrival, 0)
+        .map(|t| t.to_rfc2822())
+        .unwrap_or_else(|| now.clone());
+    let mut m = String::new();
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {now}\r\n\
+         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         \r\n"
+    );
+    for f in failed {
+        let _ = write!(m, "<{}>: {}\r\n", f.address, one_line(f.reason));
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Tern-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n"
+    );
+    for f in failed {
+        let reason = one_line(f.reason);
+        let _ = write!(
+            m,
+            "\r\nFinal-Recipient: rfc822; {}\r\n\
+             Action: failed\r\n\
+             Status: {}\r\n",
+            f.address,
+            status_code(&reason)
+        );
+        // RFC 3464 2.3.6: the remote reply, when there was one.
+        if reason.len() > 3 && reason.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
+            let _ = write!(m, "Diagnostic-Code: smtp; {reason}\r\n");
+        } else {
+            let _ = write!(m, "Diagnostic-Code: X-Tern; {reason}\r\n");
+        }
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n"
+    );
+    let mut out = m.into_bytes();
+    out.extend_from_slice(header_block(original));
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// The header block of a message, including the blank line that ends it.
+fn header_block(msg: &[u8]) -> &[u8] {
+    if msg.starts_with(b"\r\n") {
+        return &msg[..0];
+    }
+    match msg.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => &msg[..p + 2],
+        None => msg,
+    }
+}
+
+/// The enhanced status code in a reply, or a generic permanent failure.
+fn status_code(reason: &str) -> String {
+    reason
+        .split_whitespace()
+        .nth(1)
+        .filter(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && (parts[0] == "5" || parts[0] == "4")
+                && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|w| format!("5{}", &w[1..]))
+        .unwrap_or_else(|| "5.0.0".to_string())
+}
+
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_has_the_parts_rfc_3464_asks_for() {
+        let id = MessageId::generate();
+        let dsn = build_dsn(
+            "mx.test",
+            id,
+            "alice@example.com",
+            0,
+            &[FailedRecipient {
+                address: "bob@remote.test",
+                reason: "550 5.1.1 no such user",
+            }],
+            b"Subject: hello\r\nFrom: alice@example.com\r\n\r\nsecret body\r\n",
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("report-type=delivery-status"));
+        assert!(text.contains("Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
+        assert!(text.contains("Subject: hello\r\n"));
+        assert!(!text.contains("secret body"));
+        assert_eq!(status_code("451 4.4.1 timeout"), "5.4.1");
+        assert_eq!(status_code("expired"), "5.0.0");
+    }
+}

@@ -1,0 +1,224 @@
+//! The scheduler: takes due recipients, hands them to the transport, records
+//! what happened, and bounces what failed.
+//!
+//! Before an attempt, `claim_due` moves the recipient's next attempt one
+//! lease ahead (Mox's rule: if we run into trouble delivering, at least we
+//! won't be bothering the receiving server again at once). After it, the real
+//! next attempt follows the retry schedule (default 1m, 5m, 15m, 30m, 1h, 2h,
+//! 4h, then every 4h, expiring after 5 days).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_core::{Address, Envelope, RetryPolicy};
+use tern_delivery::{Attempt, Job, Transport};
+use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::dsn::{build_dsn, FailedRecipient};
+use crate::Queue;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub hostname: String,
+    pub policy: RetryPolicy,
+    /// Deliveries in flight at once.
+    pub workers: usize,
+    /// How often the store is polled for work made due by another process
+    /// (`tern queue retry`) or by time.
+    pub poll: Duration,
+    /// How far ahead a claimed recipient's next attempt is moved before the
+    /// attempt (what a crash mid-attempt costs).
+    pub lease: Duration,
+}
+
+pub struct Scheduler {
+    queue: Queue,
+    transport: Arc<dyn Transport>,
+    config: SchedulerConfig,
+}
+
+impl Scheduler {
+    pub fn new(queue: Queue, transport: Arc<dyn Transport>, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            queue,
+            transport,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` turns true; in-flight deliveries finish first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.config.workers));
+        let wake = this.queue.wake_handle();
+        let mut running = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match this.claim(free).await {
+                    Ok(jobs) => {
+                        for job in jobs {
+                            claimed += 1;
+                            let permit = slots.clone().acquire_owned().await.expect("open");
+                            let this = this.clone();
+                            running.spawn(async move {
+                                this.attempt(job).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot read the queue"),
+                }
+            }
+            while running.try_join_next().is_some() {}
+            if claimed > 0 && slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(this.config.poll) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Claims due recipients and groups them into one job per message.
+    async fn claim(&self, max_jobs: usize) -> tern_store::Result<Vec<Vec<DueRecipient>>> {
+        let now = tern_core::unix_now();
+        let lease_until = now + self.config.lease.as_secs() as i64;
+        let due = self
+            .store()
+            .claim_due(now, lease_until, max_jobs * 8)
+            .await?;
+        let mut by_message: BTreeMap<_, Vec<DueRecipient>> = BTreeMap::new();
+        for d in due {
+            by_message.entry(d.message_id).or_default().push(d);
+        }
+        Ok(by_message.into_values().collect())
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.queue.store()
+    }
+
+    /// One attempt at one message for the given recipients.
+    async fn attempt(&self, due: Vec<DueRecipient>) {
+        let first = &due[0];
+        let id = first.message_id;
+        let body = match self.store().read_body(id).await {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot read the message body");
+                let at = tern_core::unix_now();
+                let results: Vec<_> = due
+                    .iter()
+                    .map(|d| self.result(d, Attempt::Temporary(format!("451 4.3.0 body unreadable: {e}")), at))
+                    .collect();
+                self.record(&due, results, &[]).await;
+                return;
+            }
+        };
+        let recipients: Vec<Address> = due
+            .iter()
+            .map(|d| Address::parse(&d.address).expect("stored addresses were validated"))
+            .collect();
+        let job = Job {
+            id,
+            sender: first.sender.clone(),
+            body: body.clone(),
+            recipients,
+        };
+        let attempts = self.transport.deliver(&job).await;
+        let at = tern_core::unix_now();
+        let results: Vec<_> = due
+            .iter()
+            .zip(attempts)
+            .map(|(d, a)| self.result(d, a, at))
+            .collect();
+        self.record(&due, results, &body).await;
+    }
+
+    /// Turns a transport's answer into the stored outcome: retry on schedule
+    /// while the message is young enough, fail once it has expired.
+    fn result(&self, d: &DueRecipient, attempt: Attempt, at: i64) -> RecipientResult {
+        let policy = &self.config.policy;
+        let outcome = match attempt {
+            Attempt::Delivered(reply) => Outcome::Delivered { reply },
+            Attempt::Permanent(reason) => Outcome::Failed { reason },
+            Attempt::Temporary(reason) if policy.expired(d.created_at, at) => Outcome::Failed {
+                reason: format!("expired after {} attempts; last error: {reason}", d.attempts + 1),
+            },
+            Attempt::Temporary(reason) => Outcome::Deferred {
+                reason,
+                retry_at: at + policy.delay_after(d.attempts + 1).as_secs() as i64,
+            },
+        };
+        match &outcome {
+            Outcome::Delivered { reply } => {
+                tracing::info!(id = %d.message_id, rcpt = %d.address, %reply, "delivered")
+            }
+            Outcome::Deferred { reason, .. } => {
+                tracing::info!(id = %d.message_id, rcpt = %d.address, %reason, "deferred")
+            }
+            Outcome::Failed { reason } => {
+                tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "failed")
+            }
+        }
+        RecipientResult {
+            message_id: d.message_id,
+            idx: d.idx,
+            address: d.address.clone(),
+            outcome,
+            at,
+        }
+    }
+
+    /// Stores the results, then bounces the failures (never for a bounce).
+    async fn record(&self, due: &[DueRecipient], results: Vec<RecipientResult>, body: &[u8]) {
+        // The bounce is queued before the failure is recorded: a crash in
+        // between costs a duplicate bounce, never a lost one.
+        let failed: Vec<FailedRecipient<'_>> = results
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed { reason } => Some(FailedRecipient {
+                    address: &r.address,
+                    reason,
+                }),
+                _ => None,
+            })
+            .collect();
+        let sender = &due[0].sender;
+        if !failed.is_empty() && !sender.is_empty() {
+            if let Ok(to) = Address::parse(sender) {
+                let dsn = build_dsn(
+                    &self.config.hostname,
+                    due[0].message_id,
+                    sender,
+                    due[0].created_at,
+                    &failed,
+                    body,
+                );
+                let envelope = Envelope {
+                    sender: None,
+                    recipients: vec![to],
+                };
+                if let Err(e) = self.queue.enqueue(envelope, dsn, None).await {
+                    tracing::error!(id = %due[0].message_id, error = %e, "cannot queue the bounce; will retry");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.store().record_results(&results).await {
+            tracing::error!(id = %due[0].message_id, error = %e, "cannot record delivery results");
+        }
+    }
+}

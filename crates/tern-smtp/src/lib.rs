@@ -1,0 +1,56 @@
+//! Tern's inbound SMTP: listeners, TLS, and one `Session` per connection.
+//!
+//! A session parses bytes with `tern-proto`, checks state and policy in the
+//! command handlers (one file each under `session/`), and hands finished
+//! messages to the queue. It never touches storage directly.
+
+mod headers;
+mod limits;
+mod listener;
+mod session;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tern_auth::Authenticator;
+use tern_core::Config;
+use tern_delivery::Directory;
+use tern_queue::Queue;
+use tokio_rustls::TlsAcceptor;
+
+pub use limits::ConnectionLimiter;
+pub use listener::{bind_all, serve, BoundListener};
+
+/// What every session shares. Passed down, never global, so two servers can
+/// run in one process (the tests do).
+pub struct SmtpContext {
+    pub config: Arc<Config>,
+    pub tls: TlsAcceptor,
+    pub queue: Queue,
+    pub directory: Directory,
+    pub auth: Authenticator,
+    pub limiter: Arc<ConnectionLimiter>,
+}
+
+impl SmtpContext {
+    pub fn new(
+        config: Arc<Config>,
+        tls: Arc<rustls::ServerConfig>,
+        queue: Queue,
+        directory: Directory,
+        auth: Authenticator,
+    ) -> Arc<SmtpContext> {
+        let limiter = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
+        Arc::new(SmtpContext {
+            config,
+            tls: TlsAcceptor::from(tls),
+            queue,
+            directory,
+            auth,
+            limiter,
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! Connection limits, in total and per client address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Holds one connection's place; the place is freed when it drops.
+pub struct ConnectionGuard {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimiter> {
+        Arc::new(ConnectionLimiter {
+            max_total,
+            max_per_ip,
+            state: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// A place for a new connection from `ip`, or `None` when a limit is hit.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
+        let mut s = self.state.lock().expect("not poisoned");
+        let n = s.per_ip.get(&ip).copied().unwrap_or(0);
+        if s.total >= self.max_total || n >= self.max_per_ip {
+            return None;
+        }
+        s.total += 1;
+        s.per_ip.insert(ip, n + 1);
+        Some(ConnectionGuard {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.state.lock().expect("not poisoned").total
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut s = self.limiter.state.lock().expect("not poisoned");
+        s.total -= 1;
+        if let Some(n) = s.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_total_and_per_ip() {
+        let l = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let g1 = l.try_acquire(a).unwrap();
+        let _g2 = l.try_acquire(a).unwrap();
+        assert!(l.try_acquire(a).is_none());
+        let _g3 = l.try_acquire(b).unwrap();
+        assert!(l.try_acquire(b).is_none());
+        drop(g1);
+        assert!(l.try_acquire(a).is_some());
+    }
+}

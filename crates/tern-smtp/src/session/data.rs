@@ -1,0 +1,180 @@
+//! DATA (RFC 5321 4.1.1.4) and BDAT (RFC 3030), and handing the finished
+//! message to the queue: the client hears 250 only once it is on disk.
+
+use tern_core::{Envelope, MessageId};
+use tern_proto::{ChunkChecker, DataError, DataReader, Reply, ReversePath};
+
+use super::{Session, State, Transaction};
+use crate::headers::{self, TraceInfo};
+
+impl Session {
+    /// Checks that a transaction can take message data now.
+    fn ready_for_data(&mut self) -> Result<(), Reply> {
+        match &self.tx {
+            None => Err(Reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.recipients.is_empty() => {
+                Err(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn data(&mut self) {
+        if let Err(reply) = self.ready_for_data() {
+            self.error(reply);
+            return;
+        }
+        if self.tx.as_ref().is_some_and(|t| t.chunks.is_some()) {
+            // RFC 3030 2: DATA and BDAT do not mix in one transaction.
+            self.error(Reply::bad_sequence("DATA not allowed after BDAT"));
+            return;
+        }
+        let limits = &self.ctx.config.limits;
+        let reader = DataReader::new(limits.max_message_size, limits.max_text_line);
+        self.state = State::Data(Box::new(reader));
+        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+    }
+
+    pub(crate) async fn end_of_data(&mut self, error: Option<DataError>) {
+        let Some(tx) = self.tx.take() else { return };
+        if let Some(e) = error {
+            self.refuse(e, &tx);
+            return;
+        }
+        self.accept(tx).await;
+    }
+
+    /// BDAT: the chunk's octets are always read, whatever the answer, so the
+    /// session stays in step with the client.
+    pub(crate) fn bdat(&mut self, size: u64, last: bool) {
+        if let Some(tx) = self.tx.as_mut() {
+            if tx.chunks.is_none() && !tx.recipients.is_empty() {
+                let limits = &self.ctx.config.limits;
+                tx.chunks = Some(ChunkChecker::new(limits.max_message_size, limits.max_text_line));
+            }
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+        };
+    }
+
+    pub(crate) fn bdat_bytes(&mut self, bytes: &[u8]) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        if tx.failed {
+            return;
+        }
+        let Some(checker) = tx.chunks.as_mut() else { return };
+        checker.feed(bytes);
+        if !checker.too_big() && checker.error().is_none() {
+            tx.body.extend_from_slice(bytes);
+        }
+    }
+
+    pub(crate) async fn end_of_chunk(&mut self, last: bool) {
+        if let Err(reply) = self.ready_for_data() {
+            self.error(reply);
+            return;
+        }
+        let tx = self.tx.as_mut().expect("checked");
+        if tx.failed {
+            if last {
+                self.tx = None;
+            }
+            self.error(Reply::bad_sequence("Previous BDAT failed; send RSET"));
+            return;
+        }
+        let Some(checker) = tx.chunks.as_ref() else {
+            self.error(Reply::bad_sequence("BDAT not allowed after DATA"));
+            return;
+        };
+        let error = if last { checker.finish() } else { checker.error() };
+        if let Some(e) = error {
+            tx.failed = true;
+            tx.body = Vec::new();
+            if last {
+                self.tx = None;
+            }
+            let reply = e.reply();
+            tracing::info!(peer = %self.peer, reason = %reply, "message refused");
+            self.error(reply);
+            return;
+        }
+        if !last {
+            let n = tx.body.len();
+            self.reply(Reply::new(250, "2.0.0", format!("{n} octets received")));
+            return;
+        }
+        let tx = self.tx.take().expect("checked");
+        self.accept(tx).await;
+    }
+
+    fn refuse(&mut self, e: DataError, tx: &Transaction) {
+        let reply = e.reply();
+        tracing::info!(
+            peer = %self.peer,
+            from = ?sender_text(&tx.sender),
+            reason = %reply,
+            "message refused"
+        );
+        self.error(reply);
+    }
+
+    /// Adds the trace and submission headers, then commits. The reply is
+    /// 250 only after the queue says the message is durable.
+    async fn accept(&mut self, tx: Transaction) {
+        let id = MessageId::generate();
+        let config = &self.ctx.config;
+        let tls = self.conn.tls_description();
+        let protocol = match (self.esmtp, tls.is_some(), self.user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let mut message = headers::received(&TraceInfo {
+            helo: self.helo.as_deref().unwrap_or(""),
+            peer: self.peer.ip(),
+            hostname: &config.hostname,
+            id,
+            protocol,
+            tls: tls.as_deref(),
+            single_recipient: (tx.accepted == 1)
+                .then(|| tx.first_rcpt.as_ref().map(|a| a.to_string()))
+                .flatten(),
+        })
+        .into_bytes();
+        if self.user.is_some() {
+            message.extend_from_slice(headers::submission_fixes(&tx.body, id, &config.hostname).as_bytes());
+        }
+        message.extend_from_slice(&tx.body);
+        let envelope = Envelope {
+            sender: match tx.sender {
+                ReversePath::Null => None,
+                ReversePath::Mailbox(a) => Some(a),
+            },
+            recipients: tx.recipients,
+        };
+        let from = envelope.sender_string();
+        let rcpts = envelope.recipients.len();
+        let size = message.len();
+        match self.ctx.queue.enqueue_with_id(id, envelope, message, self.user.clone()).await {
+            Ok(id) => {
+                tracing::info!(%id, peer = %self.peer, from = ?from, rcpts, size, "queued");
+                self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot queue message");
+                self.reply(Reply::new(451, "4.3.0", "Temporary storage failure, try again later"));
+            }
+        }
+    }
+}
+
+fn sender_text(s: &ReversePath) -> String {
+    match s {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(a) => a.to_string(),
+    }
+}

@@ -1,0 +1,79 @@
+//! Storage for Tern: the `Store` trait and its embedded backend.
+//!
+//! The trait is the contract every backend keeps (the PostgreSQL one
+//! included); it holds no business rules: the queue decides *when* and *what*,
+//! the store only makes it durable.
+
+mod spool;
+mod sqlite;
+mod types;
+
+use async_trait::async_trait;
+use tern_core::{MessageId, QueuedMessage};
+
+pub use sqlite::SqliteStore;
+pub use types::{DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("spool: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything Tern keeps. Each method is all-or-nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- queue ---
+
+    /// Makes a message durable: body and metadata are on disk (fsync) when
+    /// this returns `Ok`, and nothing is left behind when it returns `Err`.
+    /// Commits from concurrent callers may share one fsync (group commit).
+    async fn commit_message(&self, msg: NewMessage) -> Result<()>;
+
+    /// Takes up to `limit` recipients due at `now` and, before returning,
+    /// moves their next attempt to `retry_at` so a crash during the attempt
+    /// never causes a retry storm. Ordered by due time.
+    async fn claim_due(&self, now: i64, retry_at: i64, limit: usize) -> Result<Vec<DueRecipient>>;
+
+    /// The earliest next attempt among pending recipients.
+    async fn next_due(&self) -> Result<Option<i64>>;
+
+    /// Records attempt outcomes in one transaction, with an event for each.
+    /// Returns the messages that now have every recipient final; their
+    /// bodies have been released.
+    async fn record_results(&self, results: &[RecipientResult]) -> Result<Vec<MessageId>>;
+
+    async fn list_messages(&self, limit: usize) -> Result<Vec<QueuedMessage>>;
+    async fn get_message(&self, id: MessageId) -> Result<Option<QueuedMessage>>;
+    async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>>;
+    /// Removes a message and its body; false when it did not exist.
+    async fn delete_message(&self, id: MessageId) -> Result<bool>;
+    /// Makes pending recipients due now (one message, or all); returns how many.
+    async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64>;
+
+    // --- bodies ---
+
+    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>>;
+
+    /// Removes what a crash left half-written: bodies with no committed
+    /// message. Run at start-up, before anything is accepted.
+    async fn sweep(&self) -> Result<usize>;
+
+    // --- accounts ---
+
+    async fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<()>;
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool>;
+    async fn user_hash(&self, name: &str) -> Result<Option<String>>;
+    async fn list_users(&self) -> Result<Vec<String>>;
+    async fn remove_user(&self, name: &str) -> Result<bool>;
+}

@@ -1,0 +1,449 @@
+//! The embedded backend: SQLite (WAL, synchronous=FULL) for metadata and
+//! events, spool files for bodies. One writer task batches the commits of
+//! concurrent sessions into one transaction (group commit), so many messages
+//! share one fsync of the WAL and one of the spool directory.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::spool::Spool;
+use crate::types::*;
+use crate::{Result, Store, StoreError};
+
+/// Most commits taken into one transaction.
+const MAX_BATCH: usize = 512;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+struct Commit {
+    msg: NewMessage,
+    done: oneshot::Sender<Result<()>>,
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    spool: Spool,
+    writer: mpsc::Sender<Commit>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the store under `data_dir` and brings
+    /// the schema up to date.
+    pub async fn open(data_dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir)?;
+        let spool = Spool::open(data_dir.join("spool"))?;
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(data_dir.join("tern.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: every commit fsyncs the WAL, so 250 means on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // Other processes (the CLI) write to the same file while the
+            // server runs; wait for their lock rather than fail.
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(pool.clone(), spool.clone(), rx));
+        Ok(SqliteStore {
+            pool,
+            spool,
+            writer: tx,
+        })
+    }
+
+    async fn load_recipients(&self, id: MessageId) -> Result<Vec<RecipientState>> {
+        let rows = sqlx::query(
+            "SELECT address, status, detail, attempts, next_attempt FROM recipients
+             WHERE message_id = ? ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RecipientState {
+                address: r.get("address"),
+                status: DeliveryStatus::from_parts(r.get("status"), r.get("detail"))
+                    .unwrap_or(DeliveryStatus::Queued),
+                attempts: r.get::<i64, _>("attempts") as u32,
+                next_attempt: r.get("next_attempt"),
+            })
+            .collect())
+    }
+
+    async fn load_message(&self, row: sqlx::sqlite::SqliteRow) -> Result<Option<QueuedMessage>> {
+        let Ok(id) = row.get::<String, _>("id").parse::<MessageId>() else {
+            return Ok(None);
+        };
+        Ok(Some(QueuedMessage {
+            id,
+            sender: row.get("sender"),
+            created_at: row.get("created_at"),
+            size: row.get::<i64, _>("size") as u64,
+            recipients: self.load_recipients(id).await?,
+        }))
+    }
+}
+
+/// The group-commit loop: takes every commit waiting, makes all their bodies'
+/// names durable with one directory fsync, inserts all rows in one
+/// transaction, then answers each caller.
+async fn writer(pool: SqlitePool, spool: Spool, mut rx: mpsc::Receiver<Commit>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let result = commit_batch(&pool, &spool, &batch).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, messages = batch.len(), "commit failed");
+        }
+        for c in batch.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Nothing half-written stays behind: the rows rolled
+                    // back, so the body goes too.
+                    spool.remove(c.msg.id);
+                    Err(StoreError::Io(std::io::Error::other(format!(
+                        "commit failed: {e}"
+                    ))))
+                }
+            };
+            let _ = c.done.send(r);
+        }
+    }
+}
+
+async fn commit_batch(pool: &SqlitePool, spool: &Spool, batch: &[Commit]) -> Result<()> {
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || s.sync_dir())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for c in batch {
+        let m = &c.msg;
+        let id = m.id.to_string();
+        sqlx::query(
+            "INSERT INTO messages (id, sender, created_at, size, auth_user) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(m.envelope.sender_string())
+        .bind(m.created_at)
+        .bind(m.body.len() as i64)
+        .bind(&m.auth_user)
+        .execute(&mut *tx)
+        .await?;
+        for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
+            let address = rcpt.to_string();
+            sqlx::query(
+                "INSERT INTO recipients (message_id, idx, address, domain, status, attempts, next_attempt)
+                 VALUES (?, ?, ?, ?, 'queued', 0, ?)",
+            )
+            .bind(&id)
+            .bind(idx as i64)
+            .bind(&address)
+            .bind(rcpt.domain())
+            .bind(m.created_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, &id, Some(&address), "accepted", None, m.created_at).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::SqliteConnection,
+    message_id: &str,
+    recipient: Option<&str>,
+    kind: &str,
+    detail: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (message_id, recipient, kind, detail, at) VALUES (?, ?, ?, ?, ?)")
+        .bind(message_id)
+        .bind(recipient)
+        .bind(kind)
+        .bind(detail)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit_message(&self, msg: NewMessage) -> Result<()> {
+        let spool = self.spool.clone();
+        let id = msg.id;
+        // The body goes to disk first (its own fsync, in parallel with other
+        // sessions'); the row that makes it a message comes in the batch.
+        let msg = tokio::task::spawn_blocking(move || spool.write(id, &msg.body).map(|_| msg))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let (done, wait) = oneshot::channel();
+        if self.writer.send(Commit { msg, done }).await.is_err() {
+            self.spool.remove(id);
+            return Err(StoreError::Closed);
+        }
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn claim_due(&self, now: i64, retry_at: i64, limit: usize) -> Result<Vec<DueRecipient>> {
+        // One statement that writes first: it takes SQLite's write lock at
+        // once, so two processes never both claim the same rows.
+        let rows = sqlx::query(
+            "UPDATE recipients SET next_attempt = ?
+             WHERE (message_id, idx) IN (
+                 SELECT message_id, idx FROM recipients
+                 WHERE status IN ('queued', 'deferred') AND next_attempt <= ?
+                 ORDER BY next_attempt LIMIT ?)
+             RETURNING message_id, idx, address, domain, attempts,
+                 (SELECT sender FROM messages m WHERE m.id = message_id) AS sender,
+                 (SELECT created_at FROM messages m WHERE m.id = message_id) AS created_at",
+        )
+        .bind(retry_at)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due: Vec<DueRecipient> = rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(DueRecipient {
+                    message_id: r.get::<String, _>("message_id").parse().ok()?,
+                    idx: r.get::<i64, _>("idx") as u32,
+                    address: r.get("address"),
+                    domain: r.get("domain"),
+                    sender: r.get::<Option<String>, _>("sender").unwrap_or_default(),
+                    created_at: r.get::<Option<i64>, _>("created_at").unwrap_or(now),
+                    attempts: r.get::<i64, _>("attempts") as u32,
+                })
+            })
+            .collect();
+        due.sort_by(|a, b| (a.message_id, a.idx).cmp(&(b.message_id, b.idx)));
+        Ok(due)
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt) AS t FROM recipients WHERE status IN ('queued', 'deferred')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<Option<i64>, _>("t"))
+    }
+
+    async fn record_results(&self, results: &[RecipientResult]) -> Result<Vec<MessageId>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for r in results {
+            let id = r.message_id.to_string();
+            let status = r.outcome.status();
+            let next = match &r.outcome {
+                Outcome::Deferred { retry_at, .. } => *retry_at,
+                _ => r.at,
+            };
+            sqlx::query(
+                "UPDATE recipients SET status = ?, detail = ?, attempts = attempts + 1, next_attempt = ?
+                 WHERE message_id = ? AND idx = ? AND status IN ('queued', 'deferred')",
+            )
+            .bind(status.kind())
+            .bind(status.detail())
+            .bind(next)
+            .bind(&id)
+            .bind(r.idx as i64)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, &id, Some(&r.address), status.kind(), status.detail(), r.at).await?;
+        }
+        let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
+        ids.sort();
+        ids.dedup();
+        let mut finished = Vec::new();
+        for id in ids {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND status IN ('queued', 'deferred')",
+            )
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            if pending == 0 {
+                finished.push(id);
+            }
+        }
+        tx.commit().await?;
+        // The rows say "final" durably now; a crash before this removal
+        // leaves a body that `sweep` releases at the next start.
+        for id in &finished {
+            self.spool.remove(*id);
+        }
+        Ok(finished)
+    }
+
+    async fn list_messages(&self, limit: usize) -> Result<Vec<QueuedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, sender, created_at, size FROM messages m
+             WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+                           AND r.status IN ('queued', 'deferred'))
+             ORDER BY id LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.extend(self.load_message(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<QueuedMessage>> {
+        let row = sqlx::query("SELECT id, sender, created_at, size FROM messages WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => self.load_message(row).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT at, recipient, kind, detail FROM events WHERE message_id = ? ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                at: r.get("at"),
+                recipient: r.get("recipient"),
+                kind: r.get("kind"),
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+
+    async fn delete_message(&self, id: MessageId) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let deleted = sqlx::query("DELETE FROM messages WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if deleted {
+            let now = tern_core::unix_now();
+            insert_event(&mut tx, &id.to_string(), None, "deleted", None, now).await?;
+        }
+        tx.commit().await?;
+        if deleted {
+            self.spool.remove(id);
+        }
+        Ok(deleted)
+    }
+
+    async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64> {
+        let q = match id {
+            Some(id) => sqlx::query(
+                "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND status IN ('queued', 'deferred')",
+            )
+            .bind(now)
+            .bind(id.to_string()),
+            None => sqlx::query(
+                "UPDATE recipients SET next_attempt = ? WHERE status IN ('queued', 'deferred')",
+            )
+            .bind(now),
+        };
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
+        let spool = self.spool.clone();
+        Ok(tokio::task::spawn_blocking(move || spool.read(id))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??)
+    }
+
+    async fn sweep(&self) -> Result<usize> {
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let pending: std::collections::HashSet<String> = pending.into_iter().collect();
+        let mut removed = 0;
+        for id in self.spool.list()? {
+            if !pending.contains(&id.to_string()) {
+                self.spool.remove(id);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
+        let r = sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(password_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("user {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        Ok(sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+            .bind(password_hash)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    async fn user_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT password_hash FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_users(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+}
+

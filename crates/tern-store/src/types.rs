@@ -1,0 +1,67 @@
+use tern_core::{DeliveryStatus, Envelope, MessageId};
+
+/// A message ready to be made durable.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub envelope: Envelope,
+    /// The complete message as it will be delivered (added headers included).
+    pub body: Vec<u8>,
+    pub created_at: i64,
+    pub auth_user: Option<String>,
+}
+
+/// A recipient the scheduler took for an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRecipient {
+    pub message_id: MessageId,
+    pub idx: u32,
+    pub address: String,
+    pub domain: String,
+    pub sender: String,
+    pub created_at: i64,
+    /// Attempts finished before this one.
+    pub attempts: u32,
+}
+
+/// What an attempt did for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { reply: String },
+    Deferred { reason: String, retry_at: i64 },
+    Failed { reason: String },
+}
+
+impl Outcome {
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Outcome::Delivered { reply } => DeliveryStatus::Delivered {
+                reply: reply.clone(),
+            },
+            Outcome::Deferred { reason, .. } => DeliveryStatus::Deferred {
+                reason: reason.clone(),
+            },
+            Outcome::Failed { reason } => DeliveryStatus::Failed {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub message_id: MessageId,
+    pub idx: u32,
+    pub address: String,
+    pub outcome: Outcome,
+    pub at: i64,
+}
+
+/// One line of a message's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub at: i64,
+    pub recipient: Option<String>,
+    pub kind: String,
+    pub detail: Option<String>,
+}

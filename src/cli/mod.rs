@@ -1,0 +1,85 @@
+//! The command line: `tern serve`, `tern user`, `tern queue`, `tern send`.
+
+mod queue;
+mod send;
+mod user;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tern_core::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, about = "Tern: SMTP relay and mail delivery service")]
+pub struct Cli {
+    /// Configuration file. Default: ./tern.toml when it exists, else built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (SMTP listeners, queue, delivery).
+    Serve,
+    /// Manage users (SMTP AUTH accounts and local mailboxes).
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Inspect and act on the queue.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Send one message to an SMTP server (a client for scripts).
+    Send(send::SendArgs),
+}
+
+/// Reads the configuration: the given path, else `./tern.toml` when present,
+/// else the defaults.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new("tern.toml").exists() => Ok(Config::load(Path::new("tern.toml"))?),
+        None => Ok(Config::default()),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let config = load_config(cli.config.as_deref())?;
+            serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(cmd) => {
+            let config = load_config(cli.config.as_deref())?;
+            user::run(&config, cmd).await
+        }
+        Command::Queue(cmd) => {
+            let config = load_config(cli.config.as_deref())?;
+            queue::run(&config, cmd).await
+        }
+        Command::Send(args) => send::run(args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging();
+    let server = crate::Server::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

@@ -1,0 +1,107 @@
+//! Tern's wiring: start every part of the server from a `Config`, and stop
+//! it again. The CLI in `main.rs` and the integration tests both use this.
+
+pub mod cli;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tern_auth::Authenticator;
+use tern_core::{Config, ListenerMode};
+use tern_delivery::{Directory, Maildir, Router};
+use tern_queue::{Queue, Scheduler, SchedulerConfig};
+use tern_smtp::SmtpContext;
+use tern_store::{SqliteStore, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Opens the store the configuration names. Every command uses this, so the
+/// CLI and a running server act on the same data.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::open(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// A running server.
+pub struct Server {
+    /// Bound addresses, in the order of `config.listener`.
+    pub listeners: Vec<(ListenerMode, SocketAddr)>,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts everything: store (with the start-up sweep), TLS, listeners,
+    /// scheduler. Errors name what failed (a port in use, a bad key file).
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        tern_smtp::tls::install_crypto_provider();
+        let config = Arc::new(config);
+        let store = open_store(&config).await?;
+        let swept = store.sweep().await.context("sweeping the spool")?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed uncommitted or finished bodies from the spool");
+        }
+        let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
+        let bound = tern_smtp::bind_all(&config.listener).await?;
+        let listeners = bound.iter().map(|b| (b.config.mode, b.local_addr())).collect();
+
+        let queue = Queue::new(store.clone());
+        let directory = Directory::new(&config, store.clone());
+        let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+        let router = Arc::new(Router::new(directory.clone(), maildir));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let scheduler = Scheduler::new(
+            queue.clone(),
+            router,
+            SchedulerConfig {
+                hostname: config.hostname.clone(),
+                policy: config.queue.retry_policy(),
+                workers: config.queue.workers,
+                poll: Duration::from_secs(1),
+                lease: Duration::from_secs(60),
+            },
+        );
+        let mut tasks = vec![tokio::spawn(scheduler.run(shutdown_rx.clone()))];
+
+        let ctx = SmtpContext::new(
+            config.clone(),
+            tls,
+            queue,
+            directory,
+            Authenticator::new(store.clone()),
+        );
+        tasks.push(tokio::spawn(tern_smtp::serve(
+            ctx,
+            bound,
+            shutdown_rx,
+            Duration::from_secs(30),
+        )));
+        tracing::info!(hostname = %config.hostname, data_dir = %config.data_dir.display(), "Tern started");
+        Ok(Server {
+            listeners,
+            store,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The first listener of a mode.
+    pub fn addr(&self, mode: ListenerMode) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(m, _)| *m == mode).map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets sessions and deliveries in flight finish, and
+    /// returns when everything has stopped.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The `tern` binary as a user runs it: serve with a config file, the CLI on
+//! the same store while the server runs, SIGKILL right after a 250, and real
+//! third-party clients (swaks, Python's smtplib).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Node {
+    dir: PathBuf,
+    config: PathBuf,
+    smtp: SocketAddr,
+    submission: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(dir: &Path) -> Node {
+        let (smtp, submission, smtps) = (free_port(), free_port(), free_port());
+        let config = dir.join("tern.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+hostname = "mx.example.test"
+data_dir = "{}"
+[[listener]]
+address = "127.0.0.1:{smtp}"
+mode = "smtp"
+[[listener]]
+address = "127.0.0.1:{submission}"
+mode = "submission"
+[[listener]]
+address = "127.0.0.1:{smtps}"
+mode = "smtps"
+[domains]
+local = ["example.test"]
+"#,
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        Node {
+            dir: dir.to_path_buf(),
+            config,
+            smtp: format!("127.0.0.1:{smtp}").parse().unwrap(),
+            submission: format!("127.0.0.1:{submission}").parse().unwrap(),
+            child: None,
+        }
+    }
+
+    fn tern(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("TERN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.smtp).await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("data/tls/cert.pem")
+    }
+
+    fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
+        read_maildir(&self.dir.join("data/mail/example.test").join(user).join("new"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test]
+async fn sigkill_right_after_250_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path());
+    let out = node.tern(&["user", "add", "alice"], Some("pw-alice\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    node.start().await;
+
+    // One local message and one for a remote domain (which waits in the
+    // queue), then SIGKILL the instant the 250 arrives.
+    let mut c = Client::connect(node.submission).await;
+    c.ehlo().await;
+    let mut c = c.starttls(&node.cert()).await;
+    c.ehlo().await;
+    c.auth_plain("alice", "pw-alice", "235").await;
+    let r = c
+        .mail("alice@example.test", &["alice@example.test", "carol@remote.test"], "Subject: durable\r\n\r\nmust survive\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let id = r.lines[0].rsplit(' ').next().unwrap().to_string();
+    node.kill9();
+
+    // While stopped, the CLI sees the message.
+    let show = node.tern(&["queue", "show", &id], None);
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(text(&show).contains("carol@remote.test"), "{}", text(&show));
+
+    node.start().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.mailbox("alice").is_empty() {
+        assert!(Instant::now() < deadline, "local copy never delivered after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = String::from_utf8(node.mailbox("alice")[0].clone()).unwrap();
+    assert!(delivered.contains("must survive"));
+    // The remote recipient is still queued, with its state, after the restart.
+    let list = node.tern(&["queue", "list"], None);
+    assert!(text(&list).contains(&id), "{}", text(&list));
+    let show = node.tern(&["queue", "show", &id], None);
+    let show = text(&show);
+    assert!(show.contains("<alice@example.test>  delivered"), "{show}");
+    assert!(show.contains("<carol@remote.test>  deferred") || show.contains("<carol@remote.test>  queued"), "{show}");
+    assert!(node.terminate().success());
+}
+
+#[tokio::test]
+async fn cli_acts_on_the_running_server_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::new(tmp.path());
+    node.start().await;
+    // A user added while the server runs can log in at once.
+    let out = node.tern(&["user", "add", "bob"], Some("pw-bob\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = node.tern(&["user", "add", "bob"], Some("pw-bob\n"));
+    assert!(!out.status.success() && text(&out).contains("already exists"), "{}", text(&out));
+    let out = node.tern(&["user", "add", "../evil"], Some("pw\n"));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&node.tern(&["user", "list"], None)).contains("bob"));
+
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send", "--server", &*Box::leak(node.submission.to_string().into_boxed_str()),
+            "--ca", &*Box::leak(node.cert().display().to_string().into_boxed_str()),
+            "--from", "bob@example.test", "--subject", "via tern send", "--body", "hello",
+        ];
+        args.extend_from_slice(extra);
+        node.tern(&args, None)
+    };
+    let out = send(&["--auth", "bob:pw-bob", "--to", "bob@example.test", "--to", "dave@remote.test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("250"), "{}", text(&out));
+    // Wrong password: exit code 2 and the server's answer.
+    let out = send(&["--auth", "bob:nope", "--to", "bob@example.test"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("5.7.8"), "{}", text(&out));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.mailbox("bob").is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The remote copy waits; retry and delete act on it.
+    let list = text(&node.tern(&["queue", "list"], None));
+    let id = list.split_whitespace().next().unwrap().to_string();
+    assert_eq!(id.len(), 20, "{list}");
+    let out = node.tern(&["queue", "retry", &id], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = node.tern(&["queue", "retry", "--all"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = node.tern(&["queue", "delete", &id], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&node.tern(&["queue", "list"], None)).contains("queue is empty"));
+    let out = node.tern(&["queue", "show", "00000000000000000000"], None);
+    assert!(!out.status.success());
+    let out = node.tern(&["user", "remove", "bob"], None);
+    assert!(out.status.success());
+    assert!(node.terminate().success());
+}
+
+#[tokio::test]
+async fn bad_config_stops_start_up_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bad.toml");
+    for (text_in, key) in [
+        ("[limits]\nmax_recipents = 5\n", "max_recipents"),
+        ("[limits]\nmax_message_size = \"big\"\n", "max_message_size"),
+        ("[[listener]]\naddress = \"127.0.0.1:1\"\nmode = \"imap\"\n", "mode"),
+        ("[queue]\nexpire = \"forever\"\n", "expire"),
+    ] {
+        std::fs::write(&config, text_in).unwrap();
+        let out = Command::new(BIN).arg("--config").arg(&config).arg("serve").output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text_in:?}: {err}");
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Tools CI installs: missing there is a failure, missing on a developer's
+/// machine is a skip.
+fn require(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{tool} is missing in CI");
+    eprintln!("skipping: {tool} not installed");
+    false
+}
+
+#[tokio::test]
+async fn swaks_and_python_smtplib_deliver_byte_exact() {
+    let t = TestServer::start().await;
+    let body = "From: alice@example.test\r\nTo: alice@example.test\r\nSubject: third-party\r\nMessage-ID: <fixed@example.test>\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\n\r\nLine one\r\n.dot line\r\n\r\nLast line\r\n";
+    let body_file = t.dir.path().join("body.eml");
+    std::fs::write(&body_file, body).unwrap();
+    let mut expected = 0;
+    if require("swaks") {
+        let out = Command::new("swaks")
+            .args(["--server", &t.submission().to_string(), "--tls", "--auth", "PLAIN"])
+            .args(["--auth-user", USER, "--auth-password", PASSWORD])
+            .args(["--from", "alice@example.test", "--to", "alice@example.test"])
+            .arg("--data")
+            .arg(&body_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        expected += 1;
+    }
+    if require("python3") {
+        let script = format!(
+            r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+with smtplib.SMTP("127.0.0.1", {port}) as s:
+    s.ehlo("python.test")
+    s.starttls(context=ctx)
+    s.login("{USER}", "{PASSWORD}")
+    body = open(sys.argv[2], "rb").read()
+    s.sendmail("alice@example.test", ["alice@example.test"], body)
+"#,
+            port = t.submission().port()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(t.cert_pem())
+            .arg(&body_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        expected += 1;
+    }
+    let msgs = t.wait_mailbox(DOMAIN, "alice", expected).await;
+    for m in msgs {
+        let m = String::from_utf8(m).unwrap();
+        // Byte-exact apart from the headers Tern adds in front.
+        let (added, rest) = m.split_at(m.find("From: alice").expect("original headers"));
+        assert_eq!(rest, body);
+        assert!(added.starts_with("Return-Path: <alice@example.test>\r\nDelivered-To: alice@example.test\r\nReceived: "), "{added}");
+        // Message-ID and Date were present, so none were added.
+        assert!(!added.contains("Message-ID") && !added.contains("Date:"), "{added}");
+    }
+}

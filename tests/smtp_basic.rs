@@ -1,0 +1,129 @@
+//! The plain SMTP conversation: EHLO, a local delivery, the headers Tern
+//! adds, pipelining and BDAT.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn ehlo_advertises_extensions_and_hides_auth_before_tls() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    let lines = c.ehlo().await;
+    let text = lines.join("\n");
+    for ext in ["PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"] {
+        assert!(text.contains(ext), "{ext} missing from {text}");
+    }
+    assert!(!text.contains("AUTH"), "AUTH offered before TLS: {text}");
+    c.cmd("NOOP", "250 2.0.0").await;
+    c.cmd("VRFY alice", "252 2.5.0").await;
+    c.cmd("HELP", "214 2.0.0").await;
+    c.cmd("RSET", "250 2.0.0").await;
+    c.cmd("FOO", "500 5.5.2").await;
+    c.cmd("QUIT", "221 2.0.0").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn helo_then_mail_to_local_user_lands_in_maildir() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "503 5.5.1").await;
+    c.cmd("HELO client.test", "250").await;
+    let body = "From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nHello Alice.\r\n..leading dot\r\n";
+    let r = c.mail("bob@remote.test", &["alice@example.test"], body).await;
+    assert!(r.lines[0].starts_with("250 2.0.0 Ok: queued as "), "{:?}", r.lines);
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    let text = String::from_utf8(msgs[0].clone()).unwrap();
+    assert!(text.starts_with("Return-Path: <bob@remote.test>\r\n"), "{text}");
+    assert!(text.contains("Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (Tern) with SMTP id "));
+    assert!(text.contains("\tfor <alice@example.test>;"));
+    // The body arrives byte for byte, dot-unstuffed (RFC 5321 4.5.2).
+    assert!(text.ends_with(&body.replace("\r\n..leading", "\r\n.leading")), "{text}");
+    // Unauthenticated mail is not given a Message-ID or Date.
+    assert!(!text.contains("Message-ID:"));
+    // Delivered: nothing left in the queue or the spool.
+    common::eventually(10, || t.spool_files() == 0).await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn pipelined_transaction_gets_replies_in_order() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.send(
+        b"MAIL FROM:<bob@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<postmaster@example.test>\r\nDATA\r\n",
+    )
+    .await;
+    c.expect("250 2.1.0").await;
+    c.expect("250 2.1.5").await;
+    c.expect("550 5.1.1").await;
+    c.expect("250 2.1.5").await;
+    c.expect("354").await;
+    // The body, the end of data and the next transaction in one write.
+    c.send(b"Subject: one\r\n\r\nfirst\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\nDATA\r\nSubject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
+        .await;
+    c.expect("250 2.0.0").await;
+    c.expect("250 2.1.0").await;
+    c.expect("250 2.1.5").await;
+    c.expect("354").await;
+    c.expect("250 2.0.0").await;
+    c.expect("221").await;
+    t.wait_mailbox(DOMAIN, "alice", 1).await;
+    let pm = t.wait_mailbox(DOMAIN, "postmaster", 2).await;
+    assert!(String::from_utf8_lossy(&pm[1]).contains("second") || String::from_utf8_lossy(&pm[0]).contains("second"));
+}
+
+#[tokio::test]
+async fn bdat_chunks_make_one_message() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    let part1 = "Subject: chunked\r\n\r\nfirst half, ";
+    let part2 = "second half\r\n.not stuffed\r\n";
+    c.send(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes()).await;
+    c.expect("250 2.0.0").await;
+    // The last chunk and a pipelined NOOP in one write.
+    c.send(format!("BDAT {} LAST\r\n{part2}NOOP\r\n", part2.len()).as_bytes()).await;
+    c.expect("250 2.0.0 Ok: queued as").await;
+    c.expect("250 2.0.0").await;
+    // DATA after BDAT in the same transaction is refused.
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.send(b"BDAT 3\r\nab\n").await;
+    c.expect("550 5.6.0").await;
+    c.cmd("RSET", "250").await;
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    let text = String::from_utf8(msgs[0].clone()).unwrap();
+    assert!(text.ends_with(&format!("{part1}{part2}")), "{text}");
+}
+
+#[tokio::test]
+async fn bdat_without_transaction_is_consumed_and_refused() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    // The chunk's bytes look like commands; they must be swallowed.
+    c.send(b"BDAT 28 LAST\r\nMAIL FROM:<x@y.test>\r\nQUIT\r\nNOOP\r\n").await;
+    c.expect("503 5.5.1").await;
+    c.expect("250 2.0.0").await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn aliases_and_catch_all_expand_at_rcpt() {
+    let t = TestServer::start_with(|c| {
+        c.aliases.insert("info@example.test".into(), vec!["alice@example.test".into()]);
+        c.aliases.insert("@example.test".into(), vec!["postmaster@example.test".into()]);
+    })
+    .await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.mail("bob@remote.test", &["info@example.test", "anything@example.test"], "Subject: a\r\n\r\nx\r\n")
+        .await;
+    t.wait_mailbox(DOMAIN, "alice", 1).await;
+    t.wait_mailbox(DOMAIN, "postmaster", 1).await;
+}

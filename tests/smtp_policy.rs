@@ -1,0 +1,253 @@
+//! Policy: relay refusals, every limit, strict CRLF and smuggling, and a
+//! connection killed mid-DATA leaving nothing behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn relay_tricks_are_refused_without_auth() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<spammer@evil.test>", "250").await;
+    for rcpt in [
+        "<victim@elsewhere.test>",
+        "<victim%elsewhere.test@example.test>",
+        "<elsewhere.test!victim@example.test>",
+        "<@example.test:victim@elsewhere.test>",
+        "<\"victim@elsewhere.test\"@example.test>",
+        "<victim@elsewhere.test@example.test>",
+        "<victim@[127.0.0.1]>",
+        "<\"victim\"@example.test>",
+        "<victim@EXAMPLE.test.elsewhere.test>",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}"), "5").await;
+        assert!(
+            r.lines[0].starts_with("550 5.7.1") || r.lines[0].starts_with("553 5.1.3"),
+            "{rcpt}: {:?}",
+            r.lines
+        );
+    }
+    c.cmd("RCPT TO:<nobody@example.test>", "550 5.1.1").await;
+    c.cmd("DATA", "554 5.5.1").await;
+    // A null sender to a stranger is no better.
+    c.cmd("RSET", "250").await;
+    c.cmd("MAIL FROM:<>", "250").await;
+    c.cmd("RCPT TO:<victim@elsewhere.test>", "550 5.7.1").await;
+    // Source routes ending here are stripped (RFC 5321 C) and delivered locally.
+    c.cmd("RCPT TO:<@elsewhere.test:alice@example.test>", "250").await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn command_line_and_text_line_limits() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd(&format!("NOOP {}", "x".repeat(600)), "500 5.5.2").await;
+    c.cmd("NOOP", "250").await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("Subject: long\r\n\r\n{}\r\n.\r\n", "y".repeat(1200)).as_bytes()).await;
+    c.expect("500 5.5.2").await;
+    c.cmd("NOOP", "250").await;
+    assert_eq!(t.queued().await, 0);
+    assert_eq!(t.mailbox(DOMAIN, "alice").len(), 0);
+}
+
+#[tokio::test]
+async fn message_size_limit_keeps_the_session_in_sync() {
+    let t = TestServer::start_with(|c| c.limits.max_message_size = 4096).await;
+    let mut c = Client::connect(t.smtp()).await;
+    let ext = c.ehlo().await.join("\n");
+    assert!(ext.contains("SIZE 4096"), "{ext}");
+    c.cmd("MAIL FROM:<bob@remote.test> SIZE=5000", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<bob@remote.test> SIZE=100", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    let line = format!("{}\r\n", "z".repeat(70));
+    // 10 kB of body, with something that looks like a command inside.
+    let mut body = String::from("Subject: big\r\n\r\n");
+    for _ in 0..140 {
+        body.push_str(&line);
+    }
+    body.push_str("QUIT\r\n.\r\n");
+    c.send(body.as_bytes()).await;
+    c.expect("552 5.3.4").await;
+    c.cmd("NOOP", "250").await;
+    // Same over BDAT.
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.send(format!("BDAT {} LAST\r\n{body}", body.len()).as_bytes()).await;
+    c.expect("552 5.3.4").await;
+    c.cmd("NOOP", "250").await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn recipient_limit() {
+    let t = TestServer::start_with(|c| c.limits.max_recipients = 3).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    for _ in 0..3 {
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    }
+    c.cmd("RCPT TO:<alice@example.test>", "452 4.5.3").await;
+}
+
+#[tokio::test]
+async fn default_recipient_limit_is_100() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    let mut batch = String::new();
+    for _ in 0..101 {
+        batch.push_str("RCPT TO:<alice@example.test>\r\n");
+    }
+    c.send(batch.as_bytes()).await;
+    for _ in 0..100 {
+        c.expect("250 2.1.5").await;
+    }
+    c.expect("452 4.5.3").await;
+}
+
+#[tokio::test]
+async fn command_timeout_closes_with_421() {
+    let t = TestServer::start_with(|c| c.limits.command_timeout = tern_core::config::HumanDuration(Duration::from_secs(1))).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn data_timeout_closes_with_421_and_queues_nothing() {
+    let t = TestServer::start_with(|c| c.limits.data_timeout = tern_core::config::HumanDuration(Duration::from_secs(1))).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: slow\r\n\r\npartial").await;
+    c.expect("421 4.4.2").await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn connection_limits_per_ip_and_total() {
+    let t = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 2;
+        c.limits.max_connections = 3;
+    })
+    .await;
+    let _a = Client::connect(t.smtp()).await;
+    let _b = Client::connect(t.smtp()).await;
+    let mut third = Client::connect_silent(t.smtp()).await;
+    third.expect("421 4.7.0").await;
+    assert!(third.closed().await);
+    drop(_a);
+    // The place is freed when a connection ends.
+    common::eventually(5, || true).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _c = Client::connect(t.smtp()).await;
+}
+
+/// Every known way to fake the end of data, each followed by a smuggled
+/// second transaction; then the real end.
+const SMUGGLING: &[&str] = &[
+    "\n.\n",
+    "\r.\r",
+    "\n.\r\n",
+    "\r.\n",
+    "\r\n.\r",
+    "\r\n.\n",
+    "\r\n\0.\r\n",
+    "\n\r\n.\r\n",
+    "\r\r\n.\r\n",
+];
+
+#[tokio::test]
+async fn smuggled_end_of_data_never_makes_a_second_message() {
+    let t = TestServer::start().await;
+    for (i, fake) in SMUGGLING.iter().enumerate() {
+        let mut c = Client::connect(t.smtp()).await;
+        c.ehlo().await;
+        c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        let payload = format!(
+            "Subject: smuggle {i}\r\n\r\nbody{fake}MAIL FROM:<admin@example.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+        );
+        c.send(payload.as_bytes()).await;
+        let r = c.read().await;
+        assert!(r.lines[0].starts_with("550 5.6.0") || r.lines[0].starts_with("500 5.5.2"), "{fake:?}: {:?}", r.lines);
+        // In sync: the next command gets its own reply, not a smuggled one.
+        c.cmd("NOOP", "250 2.0.0").await;
+    }
+    // Nothing was accepted: not the carrier, not the smuggled message.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.queued().await, 0);
+    assert_eq!(t.mailbox(DOMAIN, "alice").len(), 0);
+}
+
+#[tokio::test]
+async fn bare_lf_and_bare_cr_in_data_and_bdat_are_refused() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    for body in ["Subject: x\r\n\r\nbare\nlf\r\n", "Subject: x\r\n\r\nbare\rcr\r\n", "Subject: x\r\n\r\nnul\0\r\n"] {
+        c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(format!("{body}.\r\n").as_bytes()).await;
+        c.expect("550 5.6.0").await;
+        c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.send(format!("BDAT {} LAST\r\n{body}", body.len()).as_bytes()).await;
+        c.expect("550 5.6.0").await;
+        c.cmd("NOOP", "250").await;
+    }
+    // Bare LF ending a command line is refused too.
+    c.send(b"NOOP\n").await;
+    c.expect("500 5.5.2").await;
+    assert_eq!(t.queued().await, 0);
+}
+
+#[tokio::test]
+async fn connection_killed_mid_data_leaves_nothing() {
+    let t = TestServer::start().await;
+    {
+        let mut c = Client::connect(t.smtp()).await;
+        c.ehlo().await;
+        c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(b"Subject: cut\r\n\r\nhalf a message\r\n").await;
+    } // dropped: the socket closes without the final dot
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.queued().await, 0);
+    assert_eq!(t.spool_files(), 0);
+    assert_eq!(t.mailbox(DOMAIN, "alice").len(), 0);
+    // And the server still serves.
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+}
+
+#[tokio::test]
+async fn control_characters_in_commands_are_refused() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.send(b"MAIL FROM:<a\0b@remote.test>\r\n").await;
+    c.expect("501").await;
+    c.send(b"MAIL FROM:<bob@remote.test> SIZE=1\x01\r\n").await;
+    c.expect("501").await;
+    c.cmd("MAIL FROM:<;sh;@remote.test>", "553 5.1.7").await;
+    c.cmd("RSET", "250").await;
+}
