@@ -33,6 +33,8 @@ pub struct Server {
     pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Held (flock) while the server runs.
+    _lock: std::fs::File,
 }
 
 impl Server {
@@ -41,14 +43,25 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         tern_smtp::tls::install_crypto_provider();
         let config = Arc::new(config);
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        // One server per data directory: a second one's start-up sweep would
+        // remove bodies the first has written but not yet committed.
+        let lock = lock_data_dir(&config.data_dir)?;
         let store = open_store(&config).await?;
-        let swept = store.sweep().await.context("sweeping the spool")?;
-        if swept > 0 {
-            tracing::info!(files = swept, "removed uncommitted or finished bodies from the spool");
-        }
         let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
         let bound = tern_smtp::bind_all(&config.listener).await?;
-        let listeners = bound.iter().map(|b| (b.config.mode, b.local_addr())).collect();
+        let swept = store.sweep().await.context("sweeping the spool")?;
+        if swept > 0 {
+            tracing::info!(
+                files = swept,
+                "removed uncommitted or finished bodies from the spool"
+            );
+        }
+        let listeners = bound
+            .iter()
+            .map(|b| (b.config.mode, b.local_addr()))
+            .collect();
 
         let queue = Queue::new(store.clone());
         let directory = Directory::new(&config, store.clone());
@@ -88,12 +101,16 @@ impl Server {
             store,
             shutdown,
             tasks,
+            _lock: lock,
         })
     }
 
     /// The first listener of a mode.
     pub fn addr(&self, mode: ListenerMode) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(m, _)| *m == mode).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, a)| *a)
     }
 
     /// Stops accepting, lets sessions and deliveries in flight finish, and
@@ -104,4 +121,27 @@ impl Server {
             let _ = t.await;
         }
     }
+}
+
+/// Takes an exclusive advisory lock on `<data_dir>/tern.lock`, released when
+/// the process exits however it exits (the kernel drops flock locks).
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("tern.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        anyhow::bail!(
+            "{} is in use by another `tern serve` (lock {} held)",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
 }

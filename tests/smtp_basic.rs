@@ -11,7 +11,15 @@ async fn ehlo_advertises_extensions_and_hides_auth_before_tls() {
     let mut c = Client::connect(t.smtp()).await;
     let lines = c.ehlo().await;
     let text = lines.join("\n");
-    for ext in ["PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "STARTTLS",
+    ] {
         assert!(text.contains(ext), "{ext} missing from {text}");
     }
     assert!(!text.contains("AUTH"), "AUTH offered before TLS: {text}");
@@ -31,15 +39,29 @@ async fn helo_then_mail_to_local_user_lands_in_maildir() {
     c.cmd("MAIL FROM:<bob@remote.test>", "503 5.5.1").await;
     c.cmd("HELO client.test", "250").await;
     let body = "From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nHello Alice.\r\n..leading dot\r\n";
-    let r = c.mail("bob@remote.test", &["alice@example.test"], body).await;
-    assert!(r.lines[0].starts_with("250 2.0.0 Ok: queued as "), "{:?}", r.lines);
+    let r = c
+        .mail("bob@remote.test", &["alice@example.test"], body)
+        .await;
+    assert!(
+        r.lines[0].starts_with("250 2.0.0 Ok: queued as "),
+        "{:?}",
+        r.lines
+    );
     let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
     let text = String::from_utf8(msgs[0].clone()).unwrap();
-    assert!(text.starts_with("Return-Path: <bob@remote.test>\r\n"), "{text}");
-    assert!(text.contains("Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (Tern) with SMTP id "));
+    assert!(
+        text.starts_with("Return-Path: <bob@remote.test>\r\n"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (Tern) with SMTP id "
+    ));
     assert!(text.contains("\tfor <alice@example.test>;"));
     // The body arrives byte for byte, dot-unstuffed (RFC 5321 4.5.2).
-    assert!(text.ends_with(&body.replace("\r\n..leading", "\r\n.leading")), "{text}");
+    assert!(
+        text.ends_with(&body.replace("\r\n..leading", "\r\n.leading")),
+        "{text}"
+    );
     // Unauthenticated mail is not given a Message-ID or Date.
     assert!(!text.contains("Message-ID:"));
     // Delivered: nothing left in the queue or the spool.
@@ -72,7 +94,10 @@ async fn pipelined_transaction_gets_replies_in_order() {
     c.expect("221").await;
     t.wait_mailbox(DOMAIN, "alice", 1).await;
     let pm = t.wait_mailbox(DOMAIN, "postmaster", 2).await;
-    assert!(String::from_utf8_lossy(&pm[1]).contains("second") || String::from_utf8_lossy(&pm[0]).contains("second"));
+    assert!(
+        String::from_utf8_lossy(&pm[1]).contains("second")
+            || String::from_utf8_lossy(&pm[0]).contains("second")
+    );
 }
 
 #[tokio::test]
@@ -84,10 +109,12 @@ async fn bdat_chunks_make_one_message() {
     c.cmd("RCPT TO:<alice@example.test>", "250").await;
     let part1 = "Subject: chunked\r\n\r\nfirst half, ";
     let part2 = "second half\r\n.not stuffed\r\n";
-    c.send(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes()).await;
+    c.send(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes())
+        .await;
     c.expect("250 2.0.0").await;
     // The last chunk and a pipelined NOOP in one write.
-    c.send(format!("BDAT {} LAST\r\n{part2}NOOP\r\n", part2.len()).as_bytes()).await;
+    c.send(format!("BDAT {} LAST\r\n{part2}NOOP\r\n", part2.len()).as_bytes())
+        .await;
     c.expect("250 2.0.0 Ok: queued as").await;
     c.expect("250 2.0.0").await;
     // DATA after BDAT in the same transaction is refused.
@@ -107,7 +134,8 @@ async fn bdat_without_transaction_is_consumed_and_refused() {
     let mut c = Client::connect(t.smtp()).await;
     c.ehlo().await;
     // The chunk's bytes look like commands; they must be swallowed.
-    c.send(b"BDAT 28 LAST\r\nMAIL FROM:<x@y.test>\r\nQUIT\r\nNOOP\r\n").await;
+    c.send(b"BDAT 28 LAST\r\nMAIL FROM:<x@y.test>\r\nQUIT\r\nNOOP\r\n")
+        .await;
     c.expect("503 5.5.1").await;
     c.expect("250 2.0.0").await;
     assert_eq!(t.queued().await, 0);
@@ -116,14 +144,61 @@ async fn bdat_without_transaction_is_consumed_and_refused() {
 #[tokio::test]
 async fn aliases_and_catch_all_expand_at_rcpt() {
     let t = TestServer::start_with(|c| {
-        c.aliases.insert("info@example.test".into(), vec!["alice@example.test".into()]);
-        c.aliases.insert("@example.test".into(), vec!["postmaster@example.test".into()]);
+        c.aliases.insert(
+            "info@example.test".into(),
+            vec!["alice@example.test".into()],
+        );
+        c.aliases.insert(
+            "@example.test".into(),
+            vec!["postmaster@example.test".into()],
+        );
     })
     .await;
     let mut c = Client::connect(t.smtp()).await;
     c.ehlo().await;
-    c.mail("bob@remote.test", &["info@example.test", "anything@example.test"], "Subject: a\r\n\r\nx\r\n")
-        .await;
+    c.mail(
+        "bob@remote.test",
+        &["info@example.test", "anything@example.test"],
+        "Subject: a\r\n\r\nx\r\n",
+    )
+    .await;
     t.wait_mailbox(DOMAIN, "alice", 1).await;
     t.wait_mailbox(DOMAIN, "postmaster", 1).await;
+}
+
+#[tokio::test]
+async fn alias_to_nobody_is_refused_at_rcpt_not_lost() {
+    let t = TestServer::start_with(|c| {
+        c.aliases.insert(
+            "broken@example.test".into(),
+            vec!["ghost@example.test".into()],
+        );
+        c.aliases.insert(
+            "loop1@example.test".into(),
+            vec!["loop2@example.test".into()],
+        );
+        c.aliases.insert(
+            "loop2@example.test".into(),
+            vec!["loop1@example.test".into()],
+        );
+    })
+    .await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<broken@example.test>", "550 5.1.1").await;
+    c.cmd("RCPT TO:<loop1@example.test>", "550 5.1.1").await;
+    // Local parts match case-insensitively.
+    c.cmd("RCPT TO:<ALICE@Example.Test>", "250").await;
+}
+
+#[tokio::test]
+async fn second_server_on_the_same_data_dir_is_refused() {
+    let t = TestServer::start().await;
+    let mut config = t.config.clone();
+    for l in &mut config.listener {
+        l.address = "127.0.0.1:0".parse().unwrap();
+    }
+    let err = tern::Server::start(config).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("in use by another"), "{err:#}");
 }

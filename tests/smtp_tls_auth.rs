@@ -57,20 +57,32 @@ async fn implicit_tls_listener() {
     let t = TestServer::start().await;
     let mut c = Client::connect_tls(t.smtps(), &t.cert_pem()).await;
     let ext = c.ehlo().await.join("\n");
-    assert!(ext.contains("AUTH PLAIN LOGIN") && !ext.contains("STARTTLS"), "{ext}");
+    assert!(
+        ext.contains("AUTH PLAIN LOGIN") && !ext.contains("STARTTLS"),
+        "{ext}"
+    );
     c.cmd("MAIL FROM:<alice@example.test>", "530 5.7.0").await;
     // AUTH LOGIN, step by step (RFC 4954 with the LOGIN mechanism).
     c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
     c.cmd("YWxpY2U=", "334 UGFzc3dvcmQ6").await; // alice
     c.cmd("Y29ycmVjdCBob3JzZQ==", "235 2.7.0").await; // correct horse
-    let r = c.mail("alice@example.test", &["alice@example.test"], "Subject: tls\r\n\r\nx\r\n").await;
+    let r = c
+        .mail(
+            "alice@example.test",
+            &["alice@example.test"],
+            "Subject: tls\r\n\r\nx\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250);
     let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
     let text = String::from_utf8_lossy(&msgs[0]);
     assert!(text.contains("with ESMTPSA id"), "{text}");
     assert!(text.contains("(using TLS"), "{text}");
     // Submitted mail without them gets Message-ID and Date.
-    assert!(text.contains("\r\nMessage-ID: <") && text.contains("\r\nDate: "), "{text}");
+    assert!(
+        text.contains("\r\nMessage-ID: <") && text.contains("\r\nDate: "),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -144,5 +156,7 @@ async fn lettre_starttls_and_implicit_tls_with_auth() {
     assert!(e.is_permanent(), "{e}");
     assert!(e.to_string().contains("5.7.8"), "{e}");
     let msgs = t.wait_mailbox(DOMAIN, "alice", 2).await;
-    assert!(msgs.iter().all(|m| String::from_utf8_lossy(m).contains("Sent with lettre.")));
+    assert!(msgs
+        .iter()
+        .all(|m| String::from_utf8_lossy(m).contains("Sent with lettre.")));
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use tern_core::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "tern", version, about = "Tern: SMTP relay and mail delivery service")]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: SMTP relay and mail delivery service"
+)]
 pub struct Cli {
     /// Configuration file. Default: ./tern.toml when it exists, else built-in defaults.
     #[arg(long, global = true, value_name = "PATH")]

@@ -78,7 +78,10 @@ pub async fn run(config: &Config, cmd: QueueCommand) -> anyhow::Result<ExitCode>
                     "  {}  {:<9}  {}  {}",
                     time(e.at),
                     e.kind,
-                    e.recipient.as_deref().map(|r| format!("<{r}>")).unwrap_or_default(),
+                    e.recipient
+                        .as_deref()
+                        .map(|r| format!("<{r}>"))
+                        .unwrap_or_default(),
                     e.detail.unwrap_or_default()
                 );
             }

@@ -65,13 +65,19 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         Some(b) => b.clone(),
         None => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the body from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the body from stdin")?;
             s
         }
     };
     let message = build_message(&args, &body)?;
     let envelope = Envelope::new(
-        Some(args.from.parse().with_context(|| format!("--from {:?}", args.from))?),
+        Some(
+            args.from
+                .parse()
+                .with_context(|| format!("--from {:?}", args.from))?,
+        ),
         args.to
             .iter()
             .map(|t| t.parse().with_context(|| format!("--to {t:?}")))
@@ -105,7 +111,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let transport = builder.build();
     match transport.send_raw(&envelope, &message).await {
         Ok(response) => {
-            println!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" "));
+            println!(
+                "{} {}",
+                response.code(),
+                response.message().collect::<Vec<_>>().join(" ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if e.is_permanent() || e.is_transient() => {
@@ -121,7 +131,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
 
 fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = s.rsplit_once(':').context("--server takes HOST:PORT")?;
-    let port = port.parse().with_context(|| format!("bad port in --server {s:?}"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("bad port in --server {s:?}"))?;
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 

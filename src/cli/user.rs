@@ -25,7 +25,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> 
     let store = crate::open_store(config).await?;
     match cmd {
         UserCommand::Add { name } => {
-            tern_auth::validate_user_name(&name)?;
+            let name = tern_auth::normalize_user_name(&name)?;
             let hash = tern_auth::hash_password(&read_password()?)?;
             match store.add_user(&name, &hash, tern_core::unix_now()).await {
                 Ok(()) => println!("user {name} added"),
@@ -34,6 +34,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> 
             }
         }
         UserCommand::Passwd { name } => {
+            let name = name.to_ascii_lowercase();
             let hash = tern_auth::hash_password(&read_password()?)?;
             if !store.set_password(&name, &hash).await? {
                 bail!("no user {name}");
@@ -46,6 +47,7 @@ pub async fn run(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> 
             }
         }
         UserCommand::Remove { name } => {
+            let name = name.to_ascii_lowercase();
             if !store.remove_user(&name).await? {
                 bail!("no user {name}");
             }
@@ -65,7 +67,10 @@ fn read_password() -> anyhow::Result<String> {
         return Ok(p);
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
     let p = line.trim_end_matches(['\r', '\n']).to_string();
     if p.is_empty() {
         bail!("no password on standard input");

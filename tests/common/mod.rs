@@ -28,9 +28,11 @@ pub struct TestServer {
 /// A config on free ports: SMTP, submission, SMTPS, and an SMTP listener
 /// that allows AUTH without TLS (for plain-socket tests of AUTH itself).
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.hostname = "mx.example.test".into();
-    config.data_dir = dir.to_path_buf();
+    let mut config = Config {
+        hostname: "mx.example.test".into(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     let l = |mode, allow_plaintext_auth| ListenerConfig {
         address: "127.0.0.1:0".parse().unwrap(),
         mode,
@@ -99,7 +101,12 @@ impl TestServer {
     }
 
     pub fn maildir(&self, domain: &str, user: &str) -> PathBuf {
-        self.dir.path().join("mail").join(domain).join(user).join("new")
+        self.dir
+            .path()
+            .join("mail")
+            .join(domain)
+            .join(user)
+            .join("new")
     }
 
     /// Messages in a mailbox's new/ folder, oldest first.
@@ -122,12 +129,19 @@ impl TestServer {
 
     /// Messages in the queue with recipients pending.
     pub async fn queued(&self) -> usize {
-        self.server().store.list_messages(10_000).await.unwrap().len()
+        self.server()
+            .store
+            .list_messages(10_000)
+            .await
+            .unwrap()
+            .len()
     }
 
     /// Files in the spool (bodies of messages not yet final).
     pub fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("spool")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.dir.path().join("spool"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     pub async fn stop(&mut self) {
@@ -260,7 +274,11 @@ impl Client {
     pub async fn closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
         matches!(
-            tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut self.io, &mut buf)).await,
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut self.io, &mut buf)
+            )
+            .await,
             Ok(Ok(0)) | Ok(Err(_))
         )
     }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use tern_store::{Store, StoreError};
 
@@ -34,8 +36,19 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 /// Checks a password against a stored hash. A malformed hash never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
+}
+
+/// Users are looked up case-insensitively (as mail users expect), so names
+/// are stored in lower case.
+pub fn normalize_user_name(name: &str) -> Result<String, AuthError> {
+    validate_user_name(name)?;
+    Ok(name.to_ascii_lowercase())
 }
 
 /// User names are also mailbox names and log fields, so they stay boring:
@@ -74,7 +87,7 @@ impl Authenticator {
     /// `Ok(true)` for valid credentials, `Ok(false)` for wrong ones, `Err`
     /// when the store could not be asked (a temporary failure, 454 4.7.0).
     pub async fn verify(&self, username: &str, password: &str) -> Result<bool, AuthError> {
-        let hash = self.store.user_hash(username).await?;
+        let hash = self.store.user_hash(&username.to_ascii_lowercase()).await?;
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
         let password = password.to_string();
@@ -85,7 +98,11 @@ impl Authenticator {
     }
 
     pub async fn user_exists(&self, username: &str) -> Result<bool, AuthError> {
-        Ok(self.store.user_hash(username).await?.is_some())
+        Ok(self
+            .store
+            .user_hash(&username.to_ascii_lowercase())
+            .await?
+            .is_some())
     }
 }
 

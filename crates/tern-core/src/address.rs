@@ -122,7 +122,13 @@ mod tests {
 
     #[test]
     fn relay_tricks_are_not_plain() {
-        for s in ["a%b.com@x.com", "b.com!a@x.com", "a@b.com@x.com", "\"a b\"@x.com", "a..b@x.com"] {
+        for s in [
+            "a%b.com@x.com",
+            "b.com!a@x.com",
+            "a@b.com@x.com",
+            "\"a b\"@x.com",
+            "a..b@x.com",
+        ] {
             let a = Address::parse(s).unwrap();
             assert!(!a.is_plain(), "{s}");
         }

@@ -166,11 +166,12 @@ pub struct Config {
     pub queue: QueueConfig,
 }
 
+/// The machine's name when it is a usable domain name, else `localhost`.
 fn default_hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|s| crate::Address::parse(&format!("x@{s}")).is_ok() && !s.starts_with('['))
         .unwrap_or_else(|| "localhost".to_string())
 }
 
@@ -224,10 +225,16 @@ impl Config {
             message,
         };
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
-            return Err(invalid("hostname", "must be a host name without spaces".into()));
+            return Err(invalid(
+                "hostname",
+                "must be a host name without spaces".into(),
+            ));
         }
         if self.listener.is_empty() {
-            return Err(invalid("listener", "at least one listener is needed".into()));
+            return Err(invalid(
+                "listener",
+                "at least one listener is needed".into(),
+            ));
         }
         for (i, a) in self.listener.iter().enumerate() {
             if a.address.port() != 0 && self.listener[..i].iter().any(|b| b.address == a.address) {
@@ -238,7 +245,10 @@ impl Config {
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(invalid("tls", "set both `cert` and `key`, or neither".into()));
+            return Err(invalid(
+                "tls",
+                "set both `cert` and `key`, or neither".into(),
+            ));
         }
         for (i, d) in self.local_domains().iter().enumerate() {
             if crate::Address::parse(&format!("x@{d}")).is_err() {
@@ -278,13 +288,49 @@ impl Config {
             ));
         }
         if l.max_recipients == 0 {
-            return Err(invalid("limits.max_recipients", "must be at least 1".into()));
+            return Err(invalid(
+                "limits.max_recipients",
+                "must be at least 1".into(),
+            ));
         }
         if l.max_message_size < 1024 {
-            return Err(invalid("limits.max_message_size", "must be at least 1024".into()));
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be at least 1024".into(),
+            ));
         }
-        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1".into()));
+        if l.max_connections == 0 {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if l.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                "must be at least 1".into(),
+            ));
+        }
+        if l.command_timeout.0.is_zero() {
+            return Err(invalid(
+                "limits.command_timeout",
+                "must be longer than 0".into(),
+            ));
+        }
+        if l.data_timeout.0.is_zero() {
+            return Err(invalid(
+                "limits.data_timeout",
+                "must be longer than 0".into(),
+            ));
+        }
+        if self.queue.retry.iter().any(|d| d.0.is_zero()) {
+            return Err(invalid(
+                "queue.retry",
+                "intervals must be longer than 0".into(),
+            ));
+        }
+        if self.queue.expire.0.is_zero() {
+            return Err(invalid("queue.expire", "must be longer than 0".into()));
         }
         if self.queue.retry.is_empty() {
             return Err(invalid("queue.retry", "needs at least one interval".into()));
@@ -304,11 +350,17 @@ impl Config {
     }
 
     pub fn cert_path(&self) -> PathBuf {
-        self.tls.cert.clone().unwrap_or_else(|| self.data_dir.join("tls/cert.pem"))
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls/cert.pem"))
     }
 
     pub fn key_path(&self) -> PathBuf {
-        self.tls.key.clone().unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
     }
 
     /// True when the certificate is Tern's own self-signed one.
@@ -411,15 +463,35 @@ mod tests {
     fn errors_name_the_key() {
         let e = parse("hostnme = \"x\"").unwrap_err().to_string();
         assert!(e.contains("hostnme"), "{e}");
-        let e = parse("[limits]\nmax_recipients = \"many\"").unwrap_err().to_string();
+        let e = parse("[limits]\nmax_recipients = \"many\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_recipients"), "{e}");
-        let e = parse("[limits]\nmax_command_line = 100").unwrap_err().to_string();
+        let e = parse("[limits]\nmax_command_line = 100")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits.max_command_line"), "{e}");
-        let e = parse("[[listener]]\naddress = \"nope\"\nmode = \"smtp\"").unwrap_err().to_string();
+        let e = parse("[[listener]]\naddress = \"nope\"\nmode = \"smtp\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("address"), "{e}");
-        let e = parse("[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"pop3\"").unwrap_err().to_string();
+        let e = parse("[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"pop3\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mode") || e.contains("pop3"), "{e}");
         let e = parse("[queue]\nexpire = \"soon\"").unwrap_err().to_string();
         assert!(e.contains("expire"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The example shipped in the repository must stay loadable.
+    #[test]
+    fn tern_toml_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tern.toml.example");
+        Config::load(&path).unwrap();
     }
 }

@@ -13,7 +13,7 @@ impl MessageId {
     pub fn generate() -> Self {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u128)
+            .map(|d| d.as_millis())
             .unwrap_or(0)
             & 0xffff_ffff_ffff;
         let random: u32 = rand::random();

@@ -12,7 +12,10 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn sender_string(&self) -> String {
-        self.sender.as_ref().map(|a| a.to_string()).unwrap_or_default()
+        self.sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -43,9 +46,7 @@ impl DeliveryStatus {
     pub fn detail(&self) -> Option<&str> {
         match self {
             DeliveryStatus::Queued => None,
-            DeliveryStatus::Deferred { reason } | DeliveryStatus::Failed { reason } => {
-                Some(reason)
-            }
+            DeliveryStatus::Deferred { reason } | DeliveryStatus::Failed { reason } => Some(reason),
             DeliveryStatus::Delivered { reply } => Some(reply),
         }
     }

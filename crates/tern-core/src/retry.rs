@@ -25,7 +25,10 @@ impl RetryPolicy {
     /// Delay before the attempt that follows `attempts` finished attempts.
     pub fn delay_after(&self, attempts: u32) -> Duration {
         let i = (attempts.max(1) as usize - 1).min(self.schedule.len().saturating_sub(1));
-        self.schedule.get(i).copied().unwrap_or(Duration::from_secs(3600))
+        self.schedule
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(3600))
     }
 
     /// Whether a message that arrived at `created_at` has expired at `now`

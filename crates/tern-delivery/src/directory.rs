@@ -46,7 +46,9 @@ impl Directory {
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// Resolves a recipient. Local parts match case-insensitively, as every
@@ -65,7 +67,12 @@ impl Directory {
     }
 
     /// Appends the final addresses of `addr`; false when it names nobody.
-    async fn expand(&self, addr: &Address, depth: usize, out: &mut Vec<Address>) -> Result<bool, StoreError> {
+    async fn expand(
+        &self,
+        addr: &Address,
+        depth: usize,
+        out: &mut Vec<Address>,
+    ) -> Result<bool, StoreError> {
         if !self.is_local_domain(addr.domain()) {
             out.push(addr.clone());
             return Ok(true);
@@ -73,33 +80,53 @@ impl Directory {
         let local = addr.local().to_lowercase();
         let canonical = Address::parse(&format!("{local}@{}", addr.domain()))
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        if depth < MAX_ALIAS_DEPTH {
-            if let Some(targets) = self.aliases.get(&canonical.to_string()) {
-                for t in targets.clone() {
-                    Box::pin(self.expand(&t, depth + 1, out)).await?;
-                }
-                return Ok(true);
-            }
+        if let Some(targets) = self.aliases.get(&canonical.to_string()) {
+            return self
+                .expand_alias(&canonical.to_string(), targets, depth, out)
+                .await;
         }
         if !addr.is_plain() {
             return Ok(false);
         }
-        let is_user = self.store.user_hash(&canonical.to_string()).await?.is_some()
+        let is_user = self
+            .store
+            .user_hash(&canonical.to_string())
+            .await?
+            .is_some()
             || self.store.user_hash(&local).await?.is_some();
         // RFC 5321 4.5.1: postmaster must be accepted in every local domain.
         if is_user || local == "postmaster" {
             out.push(canonical);
             return Ok(true);
         }
-        if depth < MAX_ALIAS_DEPTH {
-            if let Some(targets) = self.aliases.get(&format!("@{}", addr.domain())) {
-                for t in targets.clone() {
-                    Box::pin(self.expand(&t, depth + 1, out)).await?;
-                }
-                return Ok(true);
-            }
+        let catch_all = format!("@{}", addr.domain());
+        if let Some(targets) = self.aliases.get(&catch_all) {
+            return self.expand_alias(&catch_all, targets, depth, out).await;
         }
         Ok(false)
+    }
+
+    /// Expands every target of an alias. One target that names nobody (or a
+    /// loop) makes the whole alias unknown: the sender hears 550 at RCPT
+    /// rather than mail vanishing after a 250.
+    async fn expand_alias(
+        &self,
+        alias: &str,
+        targets: &[Address],
+        depth: usize,
+        out: &mut Vec<Address>,
+    ) -> Result<bool, StoreError> {
+        if depth >= MAX_ALIAS_DEPTH {
+            tracing::warn!(%alias, "alias nesting too deep (a loop?)");
+            return Ok(false);
+        }
+        for t in targets {
+            if !Box::pin(self.expand(t, depth + 1, out)).await? {
+                tracing::warn!(%alias, target = %t, "alias target names no user");
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -53,10 +53,15 @@ impl Maildir {
 
     /// Delivers one copy, adding Return-Path (RFC 5321 4.4) and Delivered-To
     /// in front. Blocking: call from a blocking thread.
-    pub fn deliver(&self, sender: &str, rcpt: &Address, body: &[u8]) -> Result<PathBuf, MaildirError> {
+    pub fn deliver(
+        &self,
+        sender: &str,
+        rcpt: &Address,
+        body: &[u8],
+    ) -> Result<PathBuf, MaildirError> {
         let dir = self.mailbox_dir(rcpt)?;
-        for sub in ["tmp", "new", "cur"] {
-            fs::create_dir_all(dir.join(sub))?;
+        if !dir.join("new").is_dir() {
+            self.create_mailbox(&dir)?;
         }
         let name = self.unique_name(body.len());
         let tmp = dir.join("tmp").join(&name);
@@ -75,6 +80,20 @@ impl Maildir {
             return Err(e.into());
         }
         Ok(new)
+    }
+
+    /// Creates a mailbox and makes its directory entries durable, so that a
+    /// delivery reported done survives a crash.
+    fn create_mailbox(&self, dir: &Path) -> std::io::Result<()> {
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        sync_dir(dir)?;
+        let mut d = dir.to_path_buf();
+        while d.pop() && d.starts_with(&self.root) {
+            sync_dir(&d)?;
+        }
+        Ok(())
     }
 
     /// `time.M<usec>P<pid>Q<n>.host,S=<size>`: unique per delivery (the
@@ -110,12 +129,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let md = Maildir::new(tmp.path().to_path_buf(), "mx.test");
         let rcpt = Address::parse("Alice@Example.com").unwrap();
-        let path = md.deliver("bob@remote.test", &rcpt, b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let path = md
+            .deliver("bob@remote.test", &rcpt, b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
         assert!(path.starts_with(tmp.path().join("example.com/alice/new")));
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("Return-Path: <bob@remote.test>\r\nDelivered-To: Alice@example.com\r\n"));
+        assert!(text
+            .starts_with("Return-Path: <bob@remote.test>\r\nDelivered-To: Alice@example.com\r\n"));
         assert!(text.ends_with("Subject: hi\r\n\r\nbody\r\n"));
-        assert_eq!(fs::read_dir(tmp.path().join("example.com/alice/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(tmp.path().join("example.com/alice/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

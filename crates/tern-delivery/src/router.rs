@@ -23,9 +23,13 @@ impl Router {
     async fn deliver_local(&self, job: &Job, rcpt: &tern_core::Address) -> Attempt {
         let maildir = self.maildir.clone();
         let (sender, rcpt, body) = (job.sender.clone(), rcpt.clone(), job.body.clone());
-        let result = tokio::task::spawn_blocking(move || maildir.deliver(&sender, &rcpt, &body)).await;
+        let result =
+            tokio::task::spawn_blocking(move || maildir.deliver(&sender, &rcpt, &body)).await;
         match result {
-            Ok(Ok(path)) => Attempt::Delivered(format!("250 2.0.0 delivered to maildir ({})", path.display())),
+            Ok(Ok(path)) => Attempt::Delivered(format!(
+                "250 2.0.0 delivered to maildir ({})",
+                path.display()
+            )),
             Ok(Err(crate::maildir::MaildirError::BadName(name))) => {
                 Attempt::Permanent(format!("550 5.1.3 mailbox name {name:?} is not usable"))
             }
@@ -46,7 +50,9 @@ impl Transport for Router {
                 // Outbound SMTP (MX lookup, remote delivery) is not part of
                 // this build yet; the recipient waits in the queue and is
                 // retried on schedule, so nothing is lost.
-                Attempt::Temporary("451 4.4.0 remote delivery is not available in this version".into())
+                Attempt::Temporary(
+                    "451 4.4.0 remote delivery is not available in this version".into(),
+                )
             };
             out.push(attempt);
         }

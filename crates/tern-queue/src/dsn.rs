@@ -111,14 +111,18 @@ fn status_code(reason: &str) -> String {
             let parts: Vec<&str> = w.split('.').collect();
             parts.len() == 3
                 && (parts[0] == "5" || parts[0] == "4")
-                && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(|w| format!("5{}", &w[1..]))
         .unwrap_or_else(|| "5.0.0".to_string())
 }
 
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -141,7 +145,9 @@ mod tests {
         );
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("report-type=delivery-status"));
-        assert!(text.contains("Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
         assert!(text.contains("Subject: hello\r\n"));
         assert!(!text.contains("secret body"));

@@ -121,7 +121,13 @@ impl Scheduler {
                 let at = tern_core::unix_now();
                 let results: Vec<_> = due
                     .iter()
-                    .map(|d| self.result(d, Attempt::Temporary(format!("451 4.3.0 body unreadable: {e}")), at))
+                    .map(|d| {
+                        self.result(
+                            d,
+                            Attempt::Temporary(format!("451 4.3.0 body unreadable: {e}")),
+                            at,
+                        )
+                    })
                     .collect();
                 self.record(&due, results, &[]).await;
                 return;
@@ -155,7 +161,10 @@ impl Scheduler {
             Attempt::Delivered(reply) => Outcome::Delivered { reply },
             Attempt::Permanent(reason) => Outcome::Failed { reason },
             Attempt::Temporary(reason) if policy.expired(d.created_at, at) => Outcome::Failed {
-                reason: format!("expired after {} attempts; last error: {reason}", d.attempts + 1),
+                reason: format!(
+                    "expired after {} attempts; last error: {reason}",
+                    d.attempts + 1
+                ),
             },
             Attempt::Temporary(reason) => Outcome::Deferred {
                 reason,

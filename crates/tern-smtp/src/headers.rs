@@ -52,7 +52,10 @@ pub fn has_header(msg: &[u8], name: &str) -> bool {
             continue;
         }
         if let Some(colon) = line.iter().position(|b| *b == b':') {
-            if line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
+            if line[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_bytes())
+            {
                 return true;
             }
         }
@@ -105,7 +108,9 @@ mod tests {
             tls: Some("TLSv1_3"),
             single_recipient: Some("a@b.test".into()),
         });
-        assert!(h.starts_with("Received: from evil??Bcc??x ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTPS id "));
+        assert!(h.starts_with(
+            "Received: from evil??Bcc:?x ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTPS id "
+        ));
         assert_eq!(h.matches("\r\n").count(), 4);
         assert!(h.contains("for <a@b.test>;"));
     }

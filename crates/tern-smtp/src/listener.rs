@@ -30,7 +30,10 @@ pub async fn bind_all(configs: &[ListenerConfig]) -> std::io::Result<Vec<BoundLi
     let mut out = Vec::new();
     for c in configs {
         let listener = TcpListener::bind(c.address).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {} ({:?}): {e}", c.address, c.mode))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} ({:?}): {e}", c.address, c.mode),
+            )
         })?;
         out.push(BoundListener {
             config: c.clone(),
@@ -53,7 +56,12 @@ pub async fn serve(
     let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel();
     for l in listeners {
         tracing::info!(address = %l.local_addr(), mode = ?l.config.mode, "listening");
-        accept_loops.spawn(accept_loop(ctx.clone(), l, shutdown.clone(), spawn_tx.clone()));
+        accept_loops.spawn(accept_loop(
+            ctx.clone(),
+            l,
+            shutdown.clone(),
+            spawn_tx.clone(),
+        ));
     }
     drop(spawn_tx);
     while let Some(fut) = spawn_rx.recv().await {
@@ -95,6 +103,10 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let Some(guard) = ctx.limiter.try_acquire(peer.ip()) else {
             tracing::warn!(%peer, "connection refused: too many connections");
+            if l.config.mode == tern_core::ListenerMode::Smtps {
+                // A plaintext reply means nothing to a TLS client: just close.
+                continue;
+            }
             let _ = spawn.send(Box::pin(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),

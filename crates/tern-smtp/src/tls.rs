@@ -78,7 +78,8 @@ fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), T
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     if let Some(dir) = cert.parent() {
         fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     }

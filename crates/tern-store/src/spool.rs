@@ -30,7 +30,10 @@ impl Spool {
     pub fn write(&self, id: MessageId, body: &[u8]) -> std::io::Result<()> {
         let path = self.path(id);
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&path)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
             f.write_all(body)?;
             f.sync_data()
         })();

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState};
 use tokio::sync::{mpsc, oneshot};
@@ -171,14 +173,16 @@ async fn insert_event(
     detail: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (message_id, recipient, kind, detail, at) VALUES (?, ?, ?, ?, ?)")
-        .bind(message_id)
-        .bind(recipient)
-        .bind(kind)
-        .bind(detail)
-        .bind(at)
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (message_id, recipient, kind, detail, at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(message_id)
+    .bind(recipient)
+    .bind(kind)
+    .bind(detail)
+    .bind(at)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -232,7 +236,7 @@ impl Store for SqliteStore {
                 })
             })
             .collect();
-        due.sort_by(|a, b| (a.message_id, a.idx).cmp(&(b.message_id, b.idx)));
+        due.sort_by_key(|d| (d.message_id, d.idx));
         Ok(due)
     }
 
@@ -268,7 +272,15 @@ impl Store for SqliteStore {
             .bind(r.idx as i64)
             .execute(&mut *tx)
             .await?;
-            insert_event(&mut tx, &id, Some(&r.address), status.kind(), status.detail(), r.at).await?;
+            insert_event(
+                &mut tx,
+                &id,
+                Some(&r.address),
+                status.kind(),
+                status.detail(),
+                r.at,
+            )
+            .await?;
         }
         let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
         ids.sort();
@@ -415,20 +427,24 @@ impl Store for SqliteStore {
     }
 
     async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
-            .bind(password_hash)
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0)
+        Ok(
+            sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+                .bind(password_hash)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 
     async fn user_hash(&self, name: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT password_hash FROM users WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn list_users(&self) -> Result<Vec<String>> {
@@ -446,4 +462,3 @@ impl Store for SqliteStore {
             > 0)
     }
 }
-

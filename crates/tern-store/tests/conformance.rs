@@ -30,7 +30,10 @@ async fn commit_claim_record_release() {
     let m = message(&["a@x.test", "b@y.test"], 100);
     let id = m.id;
     store.commit_message(m).await.unwrap();
-    assert_eq!(store.read_body(id).await.unwrap(), b"Subject: t\r\n\r\nbody\r\n");
+    assert_eq!(
+        store.read_body(id).await.unwrap(),
+        b"Subject: t\r\n\r\nbody\r\n"
+    );
     assert_eq!(store.next_due().await.unwrap(), Some(100));
 
     // Nothing is due before its time; claiming moves the next attempt ahead.
@@ -39,7 +42,10 @@ async fn commit_claim_record_release() {
     assert_eq!(due.len(), 2);
     assert_eq!(due[0].sender, "alice@example.test");
     assert_eq!(due[0].domain, "x.test");
-    assert!(store.claim_due(100, 160, 10).await.unwrap().is_empty(), "claimed twice");
+    assert!(
+        store.claim_due(100, 160, 10).await.unwrap().is_empty(),
+        "claimed twice"
+    );
     assert_eq!(store.next_due().await.unwrap(), Some(160));
 
     let r = |idx: u32, address: &str, outcome| RecipientResult {
@@ -51,28 +57,66 @@ async fn commit_claim_record_release() {
     };
     let done = store
         .record_results(&[
-            r(0, "a@x.test", Outcome::Delivered { reply: "250 ok".into() }),
-            r(1, "b@y.test", Outcome::Deferred { reason: "451 later".into(), retry_at: 400 }),
+            r(
+                0,
+                "a@x.test",
+                Outcome::Delivered {
+                    reply: "250 ok".into(),
+                },
+            ),
+            r(
+                1,
+                "b@y.test",
+                Outcome::Deferred {
+                    reason: "451 later".into(),
+                    retry_at: 400,
+                },
+            ),
         ])
         .await
         .unwrap();
     assert!(done.is_empty());
     let q = store.get_message(id).await.unwrap().unwrap();
-    assert_eq!(q.recipients[0].status, DeliveryStatus::Delivered { reply: "250 ok".into() });
-    assert_eq!(q.recipients[1].status, DeliveryStatus::Deferred { reason: "451 later".into() });
+    assert_eq!(
+        q.recipients[0].status,
+        DeliveryStatus::Delivered {
+            reply: "250 ok".into()
+        }
+    );
+    assert_eq!(
+        q.recipients[1].status,
+        DeliveryStatus::Deferred {
+            reason: "451 later".into()
+        }
+    );
     assert_eq!(q.recipients[1].attempts, 1);
     assert_eq!(q.recipients[1].next_attempt, 400);
     assert_eq!(store.list_messages(10).await.unwrap().len(), 1);
 
     let done = store
-        .record_results(&[r(1, "b@y.test", Outcome::Failed { reason: "550 no".into() })])
+        .record_results(&[r(
+            1,
+            "b@y.test",
+            Outcome::Failed {
+                reason: "550 no".into(),
+            },
+        )])
         .await
         .unwrap();
     assert_eq!(done, vec![id]);
     assert!(store.read_body(id).await.is_err(), "body released");
     assert!(store.list_messages(10).await.unwrap().is_empty());
-    let kinds: Vec<String> = store.message_events(id).await.unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["accepted", "accepted", "delivered", "deferred", "failed"]);
+    let kinds: Vec<String> = store
+        .message_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["accepted", "accepted", "delivered", "deferred", "failed"]
+    );
 }
 
 #[tokio::test]
@@ -132,10 +176,19 @@ async fn users() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     store.add_user("alice", "h1", 0).await.unwrap();
-    assert!(matches!(store.add_user("alice", "h2", 0).await, Err(tern_store::StoreError::Exists(_))));
-    assert_eq!(store.user_hash("alice").await.unwrap().as_deref(), Some("h1"));
+    assert!(matches!(
+        store.add_user("alice", "h2", 0).await,
+        Err(tern_store::StoreError::Exists(_))
+    ));
+    assert_eq!(
+        store.user_hash("alice").await.unwrap().as_deref(),
+        Some("h1")
+    );
     assert!(store.set_password("alice", "h3").await.unwrap());
-    assert_eq!(store.user_hash("alice").await.unwrap().as_deref(), Some("h3"));
+    assert_eq!(
+        store.user_hash("alice").await.unwrap().as_deref(),
+        Some("h3")
+    );
     assert_eq!(store.list_users().await.unwrap(), ["alice"]);
     assert!(store.remove_user("alice").await.unwrap());
     assert!(!store.remove_user("alice").await.unwrap());

@@ -4,6 +4,8 @@ use tern_proto::{sasl, Mechanism, Reply};
 
 use super::{Flow, Session, State};
 
+const SASL_LINE_MAX: usize = 12288;
+
 /// Where a multi-line SASL exchange stands.
 pub(crate) enum Step {
     PlainResponse,
@@ -21,7 +23,9 @@ impl Session {
         }
         if self.tx.is_some() {
             // RFC 4954 4: AUTH is not permitted during a mail transaction.
-            return self.error(Reply::bad_sequence("AUTH not permitted during a mail transaction"));
+            return self.error(Reply::bad_sequence(
+                "AUTH not permitted during a mail transaction",
+            ));
         }
         if !self.auth_allowed() {
             // RFC 4954 6: 538 when the mechanism needs an encrypted channel.
@@ -37,7 +41,7 @@ impl Session {
                 Some(resp) if resp != "=" => self.auth_plain(&resp).await,
                 _ => {
                     self.reply(Reply::new(334, "", ""));
-                    self.state = State::Auth(Step::PlainResponse);
+                    self.await_response(Step::PlainResponse);
                     Flow::Continue
                 }
             },
@@ -45,26 +49,38 @@ impl Session {
                 Some(resp) => match sasl::decode_login_field(&resp) {
                     Ok(username) => {
                         self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE);
-                        self.state = State::Auth(Step::LoginPassword { username });
+                        self.await_response(Step::LoginPassword { username });
                         Flow::Continue
                     }
                     Err(e) => self.auth_failed(e.reply()),
                 },
                 None => {
                     self.challenge(sasl::LOGIN_USERNAME_CHALLENGE);
-                    self.state = State::Auth(Step::LoginUsername);
+                    self.await_response(Step::LoginUsername);
                     Flow::Continue
                 }
             },
-            Mechanism::Other(_) => self.error(Reply::new(504, "5.5.4", "Unrecognized authentication type")),
+            Mechanism::Other(_) => {
+                self.error(Reply::new(504, "5.5.4", "Unrecognized authentication type"))
+            }
         }
     }
 
+    /// Enters a SASL exchange: its response lines may be longer than
+    /// commands (RFC 4954 4: 12288 octets).
+    fn await_response(&mut self, step: Step) {
+        self.input.set_max_len(SASL_LINE_MAX);
+        self.state = State::Auth(step);
+    }
+
     fn challenge(&mut self, text: &str) {
-        self.out.extend_from_slice(format!("334 {text}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("334 {text}\r\n").as_bytes());
     }
 
     pub(crate) async fn auth_response(&mut self, step: Step, line: Vec<u8>) -> Flow {
+        self.input
+            .set_max_len(self.ctx.config.limits.max_command_line);
         let Ok(line) = String::from_utf8(line) else {
             return self.auth_failed(Reply::new(501, "5.5.2", "Invalid base64 data"));
         };
@@ -76,7 +92,7 @@ impl Session {
             Step::LoginUsername => match sasl::decode_login_field(&line) {
                 Ok(username) => {
                     self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE);
-                    self.state = State::Auth(Step::LoginPassword { username });
+                    self.await_response(Step::LoginPassword { username });
                     Flow::Continue
                 }
                 Err(e) => self.auth_failed(e.reply()),
@@ -90,7 +106,10 @@ impl Session {
 
     async fn auth_plain(&mut self, b64: &str) -> Flow {
         match sasl::decode_plain(b64) {
-            Ok(c) => self.check_credentials(&c.username, &c.password, &c.authzid).await,
+            Ok(c) => {
+                self.check_credentials(&c.username, &c.password, &c.authzid)
+                    .await
+            }
             Err(e) => self.auth_failed(e.reply()),
         }
     }
@@ -125,7 +144,11 @@ impl Session {
         self.auth_failures += 1;
         let flow = self.error(reply);
         if self.auth_failures >= self.ctx.config.limits.max_auth_failures {
-            self.reply(Reply::new(421, "4.7.0", "Too many failed authentication attempts"));
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many failed authentication attempts",
+            ));
             return Flow::Close;
         }
         flow

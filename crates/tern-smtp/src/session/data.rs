@@ -50,7 +50,10 @@ impl Session {
         if let Some(tx) = self.tx.as_mut() {
             if tx.chunks.is_none() && !tx.recipients.is_empty() {
                 let limits = &self.ctx.config.limits;
-                tx.chunks = Some(ChunkChecker::new(limits.max_message_size, limits.max_text_line));
+                tx.chunks = Some(ChunkChecker::new(
+                    limits.max_message_size,
+                    limits.max_text_line,
+                ));
             }
         }
         self.state = State::Bdat {
@@ -64,7 +67,9 @@ impl Session {
         if tx.failed {
             return;
         }
-        let Some(checker) = tx.chunks.as_mut() else { return };
+        let Some(checker) = tx.chunks.as_mut() else {
+            return;
+        };
         checker.feed(bytes);
         if !checker.too_big() && checker.error().is_none() {
             tx.body.extend_from_slice(bytes);
@@ -88,7 +93,11 @@ impl Session {
             self.error(Reply::bad_sequence("BDAT not allowed after DATA"));
             return;
         };
-        let error = if last { checker.finish() } else { checker.error() };
+        let error = if last {
+            checker.finish()
+        } else {
+            checker.error()
+        };
         if let Some(e) = error {
             tx.failed = true;
             tx.body = Vec::new();
@@ -146,7 +155,9 @@ impl Session {
         })
         .into_bytes();
         if self.user.is_some() {
-            message.extend_from_slice(headers::submission_fixes(&tx.body, id, &config.hostname).as_bytes());
+            message.extend_from_slice(
+                headers::submission_fixes(&tx.body, id, &config.hostname).as_bytes(),
+            );
         }
         message.extend_from_slice(&tx.body);
         let envelope = Envelope {
@@ -159,14 +170,23 @@ impl Session {
         let from = envelope.sender_string();
         let rcpts = envelope.recipients.len();
         let size = message.len();
-        match self.ctx.queue.enqueue_with_id(id, envelope, message, self.user.clone()).await {
+        match self
+            .ctx
+            .queue
+            .enqueue_with_id(id, envelope, message, self.user.clone())
+            .await
+        {
             Ok(id) => {
                 tracing::info!(%id, peer = %self.peer, from = ?from, rcpts, size, "queued");
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot queue message");
-                self.reply(Reply::new(451, "4.3.0", "Temporary storage failure, try again later"));
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary storage failure, try again later",
+                ));
             }
         }
     }

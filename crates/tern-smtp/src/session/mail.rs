@@ -16,8 +16,13 @@ impl Session {
             return;
         }
         let mode = self.listener.mode;
-        if mode == ListenerMode::Submission && !self.is_tls() && !self.listener.allow_plaintext_auth {
-            self.error(Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"));
+        if mode == ListenerMode::Submission && !self.is_tls() && !self.listener.allow_plaintext_auth
+        {
+            self.error(Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first",
+            ));
             return;
         }
         // RFC 6409 4.3 / RFC 8314: submission ports take mail from users only.
@@ -25,7 +30,9 @@ impl Session {
             self.error(Reply::new(530, "5.7.0", "Authentication required"));
             return;
         }
-        if !self.esmtp && (params.smtputf8 || params.size.is_some() || params.body != Body::SevenBit) {
+        if !self.esmtp
+            && (params.smtputf8 || params.size.is_some() || params.body != Body::SevenBit)
+        {
             self.error(Reply::new(555, "5.5.4", "ESMTP parameters need EHLO"));
             return;
         }
@@ -36,12 +43,15 @@ impl Session {
         let max = self.ctx.config.limits.max_message_size;
         if params.size.is_some_and(|s| s > max) {
             // RFC 1870 6.
-            self.error(Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size"));
+            self.error(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
             return;
         }
         self.tx = Some(Transaction {
             sender: from,
-            params,
             recipients: Vec::new(),
             accepted: 0,
             first_rcpt: None,

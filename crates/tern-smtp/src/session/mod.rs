@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tern_core::config::ListenerConfig;
 use tern_core::{Address, ListenerMode};
-use tern_proto::{ChunkChecker, Command, DataReader, LineBuffer, LineError, MailParams, Reply, ReversePath};
+use tern_proto::{ChunkChecker, Command, DataReader, LineBuffer, LineError, Reply, ReversePath};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -38,7 +38,10 @@ pub(crate) enum State {
     /// Inside DATA: bytes go to the dot-terminated reader.
     Data(Box<DataReader>),
     /// Inside a BDAT chunk: this many octets still belong to it.
-    Bdat { remaining: u64, last: bool },
+    Bdat {
+        remaining: u64,
+        last: bool,
+    },
     /// Waiting for a SASL response line.
     Auth(auth::Step),
 }
@@ -46,7 +49,6 @@ pub(crate) enum State {
 /// A mail transaction (RFC 5321 3.3): from MAIL to the end of data.
 pub(crate) struct Transaction {
     pub sender: ReversePath,
-    pub params: MailParams,
     /// Where to deliver: accepted recipients after alias expansion.
     pub recipients: Vec<Address>,
     /// RCPT commands accepted (the recipient limit counts these).
@@ -166,7 +168,11 @@ impl Session {
                 None
             }
             Err(_) => {
-                self.reply(Reply::new(421, "4.4.2", "Timeout exceeded, closing connection"));
+                self.reply(Reply::new(
+                    421,
+                    "4.4.2",
+                    "Timeout exceeded, closing connection",
+                ));
                 let _ = self.flush().await;
                 None
             }
@@ -207,7 +213,11 @@ impl Session {
     async fn step(&mut self, bytes: &[u8]) -> (Flow, Option<Vec<u8>>) {
         match &mut self.state {
             State::Data(reader) => {
-                let mut tx_body = self.tx.as_mut().map(|t| std::mem::take(&mut t.body)).unwrap_or_default();
+                let mut tx_body = self
+                    .tx
+                    .as_mut()
+                    .map(|t| std::mem::take(&mut t.body))
+                    .unwrap_or_default();
                 let end = reader.feed(bytes, &mut tx_body);
                 if let Some(t) = self.tx.as_mut() {
                     t.body = tx_body;
@@ -215,7 +225,9 @@ impl Session {
                 match end {
                     None => (Flow::Continue, None),
                     Some(consumed) => {
-                        let State::Data(reader) = std::mem::replace(&mut self.state, State::Command) else {
+                        let State::Data(reader) =
+                            std::mem::replace(&mut self.state, State::Command)
+                        else {
                             unreachable!()
                         };
                         self.end_of_data(reader.error()).await;
@@ -309,7 +321,11 @@ impl Session {
         self.reply(reply);
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
-            self.reply(Reply::new(421, "4.7.0", "Too many errors, closing connection"));
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many errors, closing connection",
+            ));
             return Flow::Close;
         }
         Flow::Continue

@@ -48,7 +48,11 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "recipient lookup failed");
-                self.reply(Reply::new(451, "4.3.0", "Temporary lookup failure, try again later"));
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary lookup failure, try again later",
+                ));
                 return;
             }
         };
