@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mail_parser::MimeHeaders;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tern");
 
@@ -219,13 +220,17 @@ async fn cli_acts_on_the_running_server_store() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&node.tern(&["user", "list"], None)).contains("bob"));
 
+    let (server, ca) = (
+        node.submission.to_string(),
+        node.cert().display().to_string(),
+    );
     let send = |extra: &[&str]| {
         let mut args = vec![
             "send",
             "--server",
-            &*Box::leak(node.submission.to_string().into_boxed_str()),
+            &server,
             "--ca",
-            &*Box::leak(node.cert().display().to_string().into_boxed_str()),
+            &ca,
             "--from",
             "bob@example.test",
             "--subject",
@@ -236,13 +241,18 @@ async fn cli_acts_on_the_running_server_store() {
         args.extend_from_slice(extra);
         node.tern(&args, None)
     };
+    let attachment = tmp.path().join("report.bin");
+    std::fs::write(&attachment, b"\x00\x01binary attachment\xff").unwrap();
+    let attach = attachment.display().to_string();
     let out = send(&[
         "--auth",
-        "bob:pw-bob",
+        "BOB:pw-bob",
         "--to",
         "bob@example.test",
         "--to",
         "dave@remote.test",
+        "--attach",
+        &attach,
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("250"), "{}", text(&out));
@@ -256,6 +266,13 @@ async fn cli_acts_on_the_running_server_store() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The attachment arrives intact.
+    let msg = node.mailbox("bob").remove(0);
+    let parsed = mail_parser::MessageParser::default().parse(&msg).unwrap();
+    assert_eq!(parsed.subject(), Some("via tern send"));
+    let att = parsed.attachments().next().expect("attachment");
+    assert_eq!(att.attachment_name(), Some("report.bin"));
+    assert_eq!(att.contents(), b"\x00\x01binary attachment\xff");
     // The remote copy waits; retry and delete act on it.
     let list = text(&node.tern(&["queue", "list"], None));
     let id = list.split_whitespace().next().unwrap().to_string();

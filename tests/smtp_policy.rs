@@ -273,3 +273,35 @@ async fn control_characters_in_commands_are_refused() {
     c.cmd("MAIL FROM:<;sh;@remote.test>", "553 5.1.7").await;
     c.cmd("RSET", "250").await;
 }
+
+#[tokio::test]
+async fn storage_failure_answers_451_and_leaves_nothing() {
+    let t = TestServer::start().await;
+    // Replace the spool directory with a file: every body write now fails.
+    let spool = t.dir.path().join("spool");
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            "Subject: x\r\n\r\ny\r\n",
+        )
+        .await;
+    assert!(r.lines[0].starts_with("451 4.3.0"), "{:?}", r.lines);
+    assert_eq!(t.queued().await, 0);
+    // The session goes on, and the server recovers once storage is back.
+    std::fs::remove_file(&spool).unwrap();
+    std::fs::create_dir(&spool).unwrap();
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            "Subject: x\r\n\r\ny\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    t.wait_mailbox(DOMAIN, "alice", 1).await;
+}
