@@ -51,6 +51,10 @@ impl Server {
         let store = open_store(&config).await?;
         let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
         let bound = tern_smtp::bind_all(&config.listener).await?;
+        // The lock says no other process delivers from this store, so
+        // attempts marked in flight died with the previous process; their
+        // next attempt was written before they started.
+        store.release_leases().await.context("releasing leases")?;
         let swept = store.sweep().await.context("sweeping the spool")?;
         if swept > 0 {
             tracing::info!(
@@ -66,7 +70,9 @@ impl Server {
         let queue = Queue::new(store.clone());
         let directory = Directory::new(&config, store.clone());
         let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-        let router = Arc::new(Router::new(directory.clone(), maildir));
+        let remote = tern_delivery::remote::RemoteDelivery::new(&config)
+            .map_err(|e| anyhow::anyhow!("outbound delivery: {e}"))?;
+        let router = Arc::new(Router::new(directory.clone(), maildir, remote));
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let scheduler = Scheduler::new(
@@ -77,7 +83,7 @@ impl Server {
                 policy: config.queue.retry_policy(),
                 workers: config.queue.workers,
                 poll: Duration::from_secs(1),
-                lease: Duration::from_secs(60),
+                lease: attempt_lease(&config),
             },
         );
         let mut tasks = vec![tokio::spawn(scheduler.run(shutdown_rx.clone()))];
@@ -144,4 +150,14 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
+}
+
+/// How far a recipient's next attempt is moved before it is tried: longer
+/// than any one attempt can take (connect, greeting, EHLO/STARTTLS/MAIL/RCPT
+/// replies, DATA), so an attempt still running is never claimed again, and
+/// short enough that a crash mid-attempt costs a wait of about that long,
+/// never a retry storm.
+fn attempt_lease(config: &Config) -> Duration {
+    let d = &config.delivery;
+    d.connect_timeout.0 + d.command_timeout.0 * 6 + d.data_timeout.0 * 2 + Duration::from_secs(60)
 }

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod fake_smtp;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +48,11 @@ pub fn test_config(dir: &Path) -> Config {
         l(ListenerMode::Smtp, true),
     ];
     config.domains.local = Some(vec![DOMAIN.into()]);
+    // Tests never ask the machine's resolver: nothing answers on this
+    // loopback port, so remote domains defer at once unless a test points
+    // `dns.nameservers` at its own TestDns.
+    config.dns.nameservers = vec!["127.0.0.1:1".parse().unwrap()];
+    config.dns.timeout = tern_core::config::HumanDuration(std::time::Duration::from_secs(1));
     config
 }
 

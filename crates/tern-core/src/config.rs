@@ -142,6 +142,88 @@ impl QueueConfig {
     }
 }
 
+/// Where DNS questions go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Nameservers as `ip:port`; empty means the system's (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long to wait for one answer.
+    pub timeout: HumanDuration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// When outbound SMTP uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// STARTTLS when the server offers it; plaintext otherwise (RFC 3207,
+    /// as every MTA does on port 25).
+    Opportunistic,
+    /// Only deliver encrypted; a server without STARTTLS or a failed
+    /// handshake defers the message.
+    Required,
+    /// Never use TLS.
+    None,
+}
+
+/// Outbound delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The port remote mail servers listen on.
+    pub port: u16,
+    pub tls: TlsPolicy,
+    /// Name given in EHLO. Default: `hostname`.
+    pub helo_name: Option<String>,
+    /// Send everything through this server (`host:port`) instead of MX.
+    pub relay: Option<String>,
+    /// AUTH credentials for the relay (sent only over TLS unless `tls = "none"`).
+    pub relay_username: Option<String>,
+    pub relay_password: Option<String>,
+    /// The relay expects TLS from the first byte (port 465).
+    pub relay_implicit_tls: bool,
+    pub connect_timeout: HumanDuration,
+    /// Wait for the greeting and each command's reply (RFC 5321 4.5.3.2: 5 minutes).
+    pub command_timeout: HumanDuration,
+    /// Wait for the reply after the final dot (RFC 5321 4.5.3.2.6: 10 minutes).
+    pub data_timeout: HumanDuration,
+    /// Outbound connections in total.
+    pub max_connections: usize,
+    /// Outbound connections to one destination (domain or relay).
+    pub max_connections_per_domain: usize,
+    /// How long an idle connection is kept for the next message.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            port: 25,
+            tls: TlsPolicy::Opportunistic,
+            helo_name: None,
+            relay: None,
+            relay_username: None,
+            relay_password: None,
+            relay_implicit_tls: false,
+            connect_timeout: HumanDuration(Duration::from_secs(30)),
+            command_timeout: HumanDuration(Duration::from_secs(300)),
+            data_timeout: HumanDuration(Duration::from_secs(600)),
+            max_connections: 100,
+            max_connections_per_domain: 4,
+            idle_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +246,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub queue: QueueConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 /// The machine's name when it is a usable domain name, else `localhost`.
@@ -335,6 +421,43 @@ impl Config {
         if self.queue.retry.is_empty() {
             return Err(invalid("queue.retry", "needs at least one interval".into()));
         }
+        let d = &self.delivery;
+        if d.port == 0 {
+            return Err(invalid("delivery.port", "must be a port number".into()));
+        }
+        if let Some(relay) = &d.relay {
+            let ok = relay
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid(
+                    "delivery.relay",
+                    format!("{relay:?} is not host:port"),
+                ));
+            }
+        }
+        if d.relay_username.is_some() != d.relay_password.is_some() {
+            return Err(invalid(
+                "delivery.relay_username",
+                "set both relay_username and relay_password, or neither".into(),
+            ));
+        }
+        if d.max_connections == 0 || d.max_connections_per_domain == 0 {
+            return Err(invalid(
+                "delivery.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, t) in [
+            ("delivery.connect_timeout", d.connect_timeout),
+            ("delivery.command_timeout", d.command_timeout),
+            ("delivery.data_timeout", d.data_timeout),
+            ("dns.timeout", self.dns.timeout),
+        ] {
+            if t.0.is_zero() {
+                return Err(invalid(key, "must be longer than 0".into()));
+            }
+        }
         if self.queue.workers == 0 {
             return Err(invalid("queue.workers", "must be at least 1".into()));
         }
@@ -361,6 +484,11 @@ impl Config {
             .key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+    }
+
+    /// The name Tern gives in EHLO when it delivers.
+    pub fn helo_name(&self) -> &str {
+        self.delivery.helo_name.as_deref().unwrap_or(&self.hostname)
     }
 
     /// True when the certificate is Tern's own self-signed one.
@@ -450,6 +578,14 @@ mod tests {
             [queue]
             retry = ["1m", "1h"]
             expire = "2d"
+            [dns]
+            nameservers = ["127.0.0.1:5353"]
+            [delivery]
+            port = 2525
+            tls = "required"
+            relay = "smtp.upstream.test:587"
+            relay_username = "u"
+            relay_password = "p"
             "#,
         )
         .unwrap();
@@ -457,6 +593,16 @@ mod tests {
         assert_eq!(c.limits.command_timeout.0, Duration::from_secs(60));
         assert_eq!(c.queue.retry_policy().expire, Duration::from_secs(172800));
         assert_eq!(c.listener[0].mode, ListenerMode::Smtp);
+        assert_eq!(c.delivery.tls, TlsPolicy::Required);
+        assert_eq!(c.dns.nameservers[0].port(), 5353);
+        let e = parse("[delivery]\nrelay = \"nohost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delivery.relay"), "{e}");
+        let e = parse("[delivery]\ntls = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls") || e.contains("maybe"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod message;
 pub mod retry;
 
 pub use address::{Address, AddressError};
-pub use config::{Config, ConfigError, ListenerMode};
+pub use config::{Config, ConfigError, ListenerMode, TlsPolicy};
 pub use id::MessageId;
 pub use message::{DeliveryStatus, Envelope, QueuedMessage, RecipientState};
 pub use retry::RetryPolicy;

@@ -3,7 +3,9 @@
 //! queue's job, not theirs.
 
 pub mod directory;
+pub mod dns;
 pub mod maildir;
+pub mod remote;
 mod router;
 
 use std::sync::Arc;

@@ -1,26 +1,32 @@
 //! Picks the agent for each recipient: the local Maildir for local domains,
-//! remote SMTP for everything else.
+//! remote SMTP (MX or relay) for everything else, one transaction per
+//! destination domain.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tern_core::Address;
 
+use crate::remote::RemoteDelivery;
 use crate::{Attempt, Directory, Job, Maildir, Transport};
 
 pub struct Router {
     directory: Directory,
     maildir: Arc<Maildir>,
+    remote: RemoteDelivery,
 }
 
 impl Router {
-    pub fn new(directory: Directory, maildir: Maildir) -> Router {
+    pub fn new(directory: Directory, maildir: Maildir, remote: RemoteDelivery) -> Router {
         Router {
             directory,
             maildir: Arc::new(maildir),
+            remote,
         }
     }
 
-    async fn deliver_local(&self, job: &Job, rcpt: &tern_core::Address) -> Attempt {
+    async fn deliver_local(&self, job: &Job, rcpt: &Address) -> Attempt {
         let maildir = self.maildir.clone();
         let (sender, rcpt, body) = (job.sender.clone(), rcpt.clone(), job.body.clone());
         let result =
@@ -42,20 +48,37 @@ impl Router {
 #[async_trait]
 impl Transport for Router {
     async fn deliver(&self, job: &Job) -> Vec<Attempt> {
-        let mut out = Vec::with_capacity(job.recipients.len());
-        for rcpt in &job.recipients {
-            let attempt = if self.directory.is_local_domain(rcpt.domain()) {
-                self.deliver_local(job, rcpt).await
+        let mut out: Vec<Option<Attempt>> = vec![None; job.recipients.len()];
+        // Remote recipients grouped by destination: all recipients of one
+        // domain go in one transaction (everything, through a relay).
+        let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, rcpt) in job.recipients.iter().enumerate() {
+            if self.directory.is_local_domain(rcpt.domain()) {
+                out[i] = Some(self.deliver_local(job, rcpt).await);
             } else {
-                // Outbound SMTP (MX lookup, remote delivery) is not part of
-                // this build yet; the recipient waits in the queue and is
-                // retried on schedule, so nothing is lost.
-                Attempt::Temporary(
-                    "451 4.4.0 remote delivery is not available in this version".into(),
-                )
-            };
-            out.push(attempt);
+                let key = if self.remote.uses_relay() {
+                    ""
+                } else {
+                    rcpt.domain()
+                };
+                remote.entry(key.to_string()).or_default().push(i);
+            }
         }
-        out
+        for (domain, idxs) in remote {
+            let rcpts: Vec<String> = idxs
+                .iter()
+                .map(|&i| job.recipients[i].to_string())
+                .collect();
+            let attempts = self
+                .remote
+                .deliver(&domain, &job.sender, &rcpts, &job.body)
+                .await;
+            for (i, a) in idxs.into_iter().zip(attempts) {
+                out[i] = Some(a);
+            }
+        }
+        out.into_iter()
+            .map(|a| a.unwrap_or_else(|| Attempt::Temporary("451 4.3.0 not attempted".into())))
+            .collect()
     }
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod line;
 pub mod reply;
 pub mod sasl;
+pub mod stuff;
 
 pub use bdat::ChunkChecker;
 pub use command::{
@@ -21,3 +22,4 @@ pub use sasl::{
     decode_base64, decode_login_field, decode_plain, is_cancel, PlainCredentials, SaslError,
     LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE,
 };
+pub use stuff::dot_stuff;

@@ -102,18 +102,22 @@ fn header_block(msg: &[u8]) -> &[u8] {
     }
 }
 
-/// The enhanced status code in a reply, or a generic permanent failure.
+/// The RFC 3463 status for the report: 5.4.7 for an expired message (RFC
+/// 3463 3.5), else the first enhanced code in the reason made permanent, else
+/// a generic permanent failure.
 fn status_code(reason: &str) -> String {
+    if reason.starts_with("expired") {
+        return "5.4.7".to_string();
+    }
     reason
         .split_whitespace()
-        .nth(1)
-        .filter(|w| {
+        .find(|w| {
             let parts: Vec<&str> = w.split('.').collect();
             parts.len() == 3
                 && (parts[0] == "5" || parts[0] == "4")
                 && parts
                     .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(|w| format!("5{}", &w[1..]))
         .unwrap_or_else(|| "5.0.0".to_string())
@@ -152,6 +156,10 @@ mod tests {
         assert!(text.contains("Subject: hello\r\n"));
         assert!(!text.contains("secret body"));
         assert_eq!(status_code("451 4.4.1 timeout"), "5.4.1");
-        assert_eq!(status_code("expired"), "5.0.0");
+        assert_eq!(
+            status_code("expired after 3 attempts; last: 451 4.4.1 x"),
+            "5.4.7"
+        );
+        assert_eq!(status_code("no code here"), "5.0.0");
     }
 }

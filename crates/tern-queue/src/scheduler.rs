@@ -1,11 +1,11 @@
 //! The scheduler: takes due recipients, hands them to the transport, records
 //! what happened, and bounces what failed.
 //!
-//! Before an attempt, `claim_due` moves the recipient's next attempt one
-//! lease ahead (Mox's rule: if we run into trouble delivering, at least we
-//! won't be bothering the receiving server again at once). After it, the real
-//! next attempt follows the retry schedule (default 1m, 5m, 15m, 30m, 1h, 2h,
-//! 4h, then every 4h, expiring after 5 days).
+//! Before an attempt, `claim_due` counts it, writes the time of the next one
+//! and marks the recipient in flight (Mox's rule: if we run into trouble
+//! delivering, at least we won't be bothering the receiving server again at
+//! once). The schedule: 1m, 5m, 15m, 30m, 1h, 2h, 4h, then every 4h,
+//! expiring after 5 days by default.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,17 +91,19 @@ impl Scheduler {
         while running.join_next().await.is_some() {}
     }
 
-    /// Claims due recipients and groups them into one job per message.
+    /// Claims due recipients and groups them into one job per message and
+    /// destination domain: a slow remote never holds back the result of a
+    /// local delivery, and each domain's recipients share one transaction.
     async fn claim(&self, max_jobs: usize) -> tern_store::Result<Vec<Vec<DueRecipient>>> {
         let now = tern_core::unix_now();
         let lease_until = now + self.config.lease.as_secs() as i64;
         let due = self
             .store()
-            .claim_due(now, lease_until, max_jobs * 8)
+            .claim_due(now, lease_until, &self.config.policy, max_jobs * 8)
             .await?;
         let mut by_message: BTreeMap<_, Vec<DueRecipient>> = BTreeMap::new();
         for d in due {
-            by_message.entry(d.message_id).or_default().push(d);
+            by_message.entry((d.message_id, d.domain.clone())).or_default().push(d);
         }
         Ok(by_message.into_values().collect())
     }

@@ -9,7 +9,7 @@ mod sqlite;
 mod types;
 
 use async_trait::async_trait;
-use tern_core::{MessageId, QueuedMessage};
+use tern_core::{MessageId, QueuedMessage, RetryPolicy};
 
 pub use sqlite::SqliteStore;
 pub use types::{DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
@@ -40,15 +40,28 @@ pub trait Store: Send + Sync + 'static {
     /// Commits from concurrent callers may share one fsync (group commit).
     async fn commit_message(&self, msg: NewMessage) -> Result<()>;
 
-    /// Takes up to `limit` recipients due at `now` and, before returning,
-    /// moves their next attempt to `retry_at` so a crash during the attempt
-    /// never causes a retry storm. Ordered by due time.
-    async fn claim_due(&self, now: i64, retry_at: i64, limit: usize) -> Result<Vec<DueRecipient>>;
+    /// Takes up to `limit` recipients due at `now` (and not in flight), in
+    /// due order. Before returning it counts the attempt and writes the next
+    /// one per `policy`, so a crash during the attempt never causes a retry
+    /// storm, and marks them in flight until `lease_until`.
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        policy: &RetryPolicy,
+        limit: usize,
+    ) -> Result<Vec<DueRecipient>>;
+
+    /// Ends every in-flight mark. Only for a server starting up that knows
+    /// no other process delivers from this store (the embedded backend's
+    /// data-directory lock).
+    async fn release_leases(&self) -> Result<u64>;
 
     /// The earliest next attempt among pending recipients.
     async fn next_due(&self) -> Result<Option<i64>>;
 
-    /// Records attempt outcomes in one transaction, with an event for each.
+    /// Records attempt outcomes in one transaction, with an event for each,
+    /// and ends their in-flight marks.
     /// Returns the messages that now have every recipient final; their
     /// bodies have been released.
     async fn record_results(&self, results: &[RecipientResult]) -> Result<Vec<MessageId>>;

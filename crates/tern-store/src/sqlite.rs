@@ -12,7 +12,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Row;
-use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState};
+use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState, RetryPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::spool::Spool;
@@ -204,40 +204,67 @@ impl Store for SqliteStore {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn claim_due(&self, now: i64, retry_at: i64, limit: usize) -> Result<Vec<DueRecipient>> {
-        // One statement that writes first: it takes SQLite's write lock at
-        // once, so two processes never both claim the same rows.
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        policy: &RetryPolicy,
+        limit: usize,
+    ) -> Result<Vec<DueRecipient>> {
+        // IMMEDIATE takes SQLite's write lock first, so two processes never
+        // both claim the same rows.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
-            "UPDATE recipients SET next_attempt = ?
-             WHERE (message_id, idx) IN (
-                 SELECT message_id, idx FROM recipients
-                 WHERE status IN ('queued', 'deferred') AND next_attempt <= ?
-                 ORDER BY next_attempt LIMIT ?)
-             RETURNING message_id, idx, address, domain, attempts,
-                 (SELECT sender FROM messages m WHERE m.id = message_id) AS sender,
-                 (SELECT created_at FROM messages m WHERE m.id = message_id) AS created_at",
+            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, m.sender, m.created_at
+             FROM recipients r JOIN messages m ON m.id = r.message_id
+             WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?
+               AND (r.leased_until IS NULL OR r.leased_until <= ?)
+             ORDER BY r.next_attempt LIMIT ?",
         )
-        .bind(retry_at)
+        .bind(now)
         .bind(now)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut due: Vec<DueRecipient> = rows
-            .into_iter()
-            .filter_map(|r| {
-                Some(DueRecipient {
-                    message_id: r.get::<String, _>("message_id").parse().ok()?,
-                    idx: r.get::<i64, _>("idx") as u32,
-                    address: r.get("address"),
-                    domain: r.get("domain"),
-                    sender: r.get::<Option<String>, _>("sender").unwrap_or_default(),
-                    created_at: r.get::<Option<i64>, _>("created_at").unwrap_or(now),
-                    attempts: r.get::<i64, _>("attempts") as u32,
-                })
-            })
-            .collect();
+        let mut due = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Ok(message_id) = r.get::<String, _>("message_id").parse::<MessageId>() else {
+                continue;
+            };
+            let d = DueRecipient {
+                message_id,
+                idx: r.get::<i64, _>("idx") as u32,
+                address: r.get("address"),
+                domain: r.get("domain"),
+                sender: r.get("sender"),
+                created_at: r.get("created_at"),
+                attempts: r.get::<i64, _>("attempts") as u32,
+            };
+            let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
+            sqlx::query(
+                "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, leased_until = ?
+                 WHERE message_id = ? AND idx = ?",
+            )
+            .bind(next)
+            .bind(lease_until)
+            .bind(message_id.to_string())
+            .bind(d.idx as i64)
+            .execute(&mut *tx)
+            .await?;
+            due.push(d);
+        }
+        tx.commit().await?;
         due.sort_by_key(|d| (d.message_id, d.idx));
         Ok(due)
+    }
+
+    async fn release_leases(&self) -> Result<u64> {
+        Ok(
+            sqlx::query("UPDATE recipients SET leased_until = NULL WHERE leased_until IS NOT NULL")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     async fn next_due(&self) -> Result<Option<i64>> {
@@ -262,7 +289,7 @@ impl Store for SqliteStore {
                 _ => r.at,
             };
             sqlx::query(
-                "UPDATE recipients SET status = ?, detail = ?, attempts = attempts + 1, next_attempt = ?
+                "UPDATE recipients SET status = ?, detail = ?, next_attempt = ?, leased_until = NULL
                  WHERE message_id = ? AND idx = ? AND status IN ('queued', 'deferred')",
             )
             .bind(status.kind())

@@ -20,7 +20,7 @@ pub struct DueRecipient {
     pub domain: String,
     pub sender: String,
     pub created_at: i64,
-    /// Attempts finished before this one.
+    /// Attempts made before this one.
     pub attempts: u32,
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tern_core::{Address, DeliveryStatus, Envelope, MessageId};
+use tern_core::{Address, DeliveryStatus, Envelope, MessageId, RetryPolicy};
 use tern_store::{NewMessage, Outcome, RecipientResult, SqliteStore, Store};
 
 fn message(rcpts: &[&str], now: i64) -> NewMessage {
@@ -27,6 +27,7 @@ async fn open(dir: &std::path::Path) -> Arc<dyn Store> {
 async fn commit_claim_record_release() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
+    let policy = RetryPolicy::default();
     let m = message(&["a@x.test", "b@y.test"], 100);
     let id = m.id;
     store.commit_message(m).await.unwrap();
@@ -37,15 +38,24 @@ async fn commit_claim_record_release() {
     assert_eq!(store.next_due().await.unwrap(), Some(100));
 
     // Nothing is due before its time; claiming moves the next attempt ahead.
-    assert!(store.claim_due(99, 160, 10).await.unwrap().is_empty());
-    let due = store.claim_due(100, 160, 10).await.unwrap();
+    assert!(store
+        .claim_due(99, 160, &policy, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.claim_due(100, 160, &policy, 10).await.unwrap();
     assert_eq!(due.len(), 2);
     assert_eq!(due[0].sender, "alice@example.test");
     assert_eq!(due[0].domain, "x.test");
     assert!(
-        store.claim_due(100, 160, 10).await.unwrap().is_empty(),
+        store
+            .claim_due(100, 160, &policy, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed twice"
     );
+    // The next attempt (first retry: 1 minute) was written before this one.
     assert_eq!(store.next_due().await.unwrap(), Some(160));
 
     let r = |idx: u32, address: &str, outcome| RecipientResult {
@@ -126,7 +136,10 @@ async fn retry_delete_and_sweep() {
     let m = message(&["a@x.test"], 100);
     let id = m.id;
     store.commit_message(m).await.unwrap();
-    store.claim_due(100, 10_000, 10).await.unwrap();
+    store
+        .claim_due(100, 10_000, &RetryPolicy::default(), 10)
+        .await
+        .unwrap();
     assert_eq!(store.retry_now(Some(id), 200).await.unwrap(), 1);
     assert_eq!(store.next_due().await.unwrap(), Some(200));
     assert_eq!(store.retry_now(None, 300).await.unwrap(), 1);
@@ -193,4 +206,33 @@ async fn users() {
     assert!(store.remove_user("alice").await.unwrap());
     assert!(!store.remove_user("alice").await.unwrap());
     assert!(store.user_hash("alice").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn leases_keep_in_flight_work_from_being_claimed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let policy = RetryPolicy::default();
+    let m = message(&["a@x.test"], 100);
+    let id = m.id;
+    store.commit_message(m).await.unwrap();
+    let first = store.claim_due(100, 10_000, &policy, 10).await.unwrap();
+    assert_eq!(first[0].attempts, 0);
+    // Due again by its retry time, but still in flight: not claimed.
+    assert!(store
+        .claim_due(200, 10_000, &policy, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A restart after a crash ends the marks; the retry time still holds.
+    assert_eq!(store.release_leases().await.unwrap(), 1);
+    assert!(store
+        .claim_due(159, 10_000, &policy, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let second = store.claim_due(160, 10_000, &policy, 10).await.unwrap();
+    assert_eq!(second[0].attempts, 1, "the crashed attempt counted");
+    let q = store.get_message(id).await.unwrap().unwrap();
+    assert_eq!(q.recipients[0].next_attempt, 160 + 300);
 }

@@ -20,6 +20,7 @@ CREATE TABLE recipients (
     detail       TEXT,                   -- last reason or reply
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt BIGINT NOT NULL,        -- Unix seconds
+    leased_until BIGINT,                 -- set while an attempt is in flight
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX recipients_due ON recipients (next_attempt)
