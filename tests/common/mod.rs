@@ -152,6 +152,14 @@ impl TestServer {
             .unwrap_or(0)
     }
 
+    /// Stops the server and starts a new one on the same data directory
+    /// (listeners get new ports).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = Server::start(self.config.clone()).await.expect("server restarts");
+        self.server = Some(server);
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.stop().await;
