@@ -156,7 +156,9 @@ impl TestServer {
     /// (listeners get new ports).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let server = Server::start(self.config.clone()).await.expect("server restarts");
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
         self.server = Some(server);
     }
 

@@ -103,7 +103,10 @@ impl Scheduler {
             .await?;
         let mut by_message: BTreeMap<_, Vec<DueRecipient>> = BTreeMap::new();
         for d in due {
-            by_message.entry((d.message_id, d.domain.clone())).or_default().push(d);
+            by_message
+                .entry((d.message_id, d.domain.clone()))
+                .or_default()
+                .push(d);
         }
         Ok(by_message.into_values().collect())
     }

@@ -346,10 +346,19 @@ impl SmtpClient {
             }
             batch.push_str("DATA\r\n");
             self.write(batch.as_bytes()).await?;
+            // A 421 means the server closes at once (RFC 5321 3.8): no more
+            // replies follow, and everything not yet answered takes its text.
             let mail_reply = self.read_reply("MAIL").await?;
+            if mail_reply.code == 421 {
+                return Ok(self.closing(&mail_reply, results));
+            }
             let mut rcpt_replies = Vec::with_capacity(rcpt_cmds.len());
             for _ in &rcpt_cmds {
-                rcpt_replies.push(self.read_reply("RCPT").await?);
+                let r = self.read_reply("RCPT").await?;
+                if r.code == 421 {
+                    return Ok(self.closing(&r, results));
+                }
+                rcpt_replies.push(r);
             }
             let data_reply = self.read_reply("DATA").await?;
             (mail_reply, rcpt_replies, Some(data_reply))
@@ -430,6 +439,16 @@ impl SmtpClient {
             });
         }
         Ok(final_reply.code / 100 == 2 || (final_reply.code != 421 && self.rset().await.is_ok()))
+    }
+
+    /// The server said 421 and is closing: every recipient without a
+    /// result defers with its text; the connection is not reused.
+    fn closing(&self, reply: &Reply, results: &mut [Option<Attempt>]) -> bool {
+        let text = format!("{reply} ({})", self.peer);
+        for r in results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(Attempt::Temporary(text.clone()));
+        }
+        false
     }
 
     /// After a transaction that did not complete: reset so the connection
