@@ -499,6 +499,39 @@ async fn size_limit_and_smtputf8_are_checked_before_sending() {
 }
 
 #[tokio::test]
+async fn smtputf8_and_8bitmime_are_respected() {
+    let port = free_port(&[ip(MX1), ip(MX2)]);
+    let dns = TestDns::start("old.test A 127.0.0.2\nnew.test A 127.0.0.3\n").await;
+    let old = Script {
+        eightbitmime: false,
+        smtputf8: false,
+        ..Script::default()
+    };
+    let new = Script {
+        smtputf8: true,
+        ..Script::default()
+    };
+    let old = FakeSmtp::start(ip(MX1), port, old).await;
+    let new = FakeSmtp::start(ip(MX2), port, new).await;
+    let t = tern(&dns, port, |_| {}).await;
+    let body = "Subject: caf\u{e9}\r\n\r\nd\u{e9}j\u{e0} vu\r\n";
+    submit(&t, &["j\u{fc}rgen@old.test", "j\u{fc}rgen@new.test"], body).await;
+    // The server that supports both gets it with SMTPUTF8 and BODY=8BITMIME.
+    let got = new.wait_received(1, 15).await;
+    assert!(
+        got[0].mail_from.contains("SMTPUTF8") && got[0].mail_from.contains("BODY=8BITMIME"),
+        "{}",
+        got[0].mail_from
+    );
+    assert!(new.violations().is_empty(), "{:?}", new.violations());
+    // The one that supports neither is never sent it: a bounce says why.
+    let dsn = bounce(&t).await;
+    assert!(dsn.contains("SMTPUTF8"), "{dsn}");
+    assert!(old.received().is_empty());
+    assert!(old.violations().is_empty(), "{:?}", old.violations());
+}
+
+#[tokio::test]
 async fn smarthost_with_auth_over_starttls() {
     let port = free_port(&[ip(MX1)]);
     // No DNS entry for the recipient's domain: the relay takes everything.
@@ -612,4 +645,23 @@ async fn delivers_to_a_real_second_smtp_implementation() {
     assert!(message.ends_with(body), "{message:?}");
     drop(sink.stdin.take());
     let _ = sink.kill().await;
+}
+
+#[tokio::test]
+async fn one_delay_warning_while_retrying() {
+    let port = free_port(&[ip(MX1)]);
+    let dns = TestDns::start(ZONE).await;
+    let mut script = Script::default();
+    script.rcpt_replies.insert("una@implicit.test".into(), "451 4.7.1 greylisted".into());
+    let fake = FakeSmtp::start(ip(MX1), port, script).await;
+    let t = tern(&dns, port, |c| c.queue.delay_warning = Some(HumanDuration(Duration::from_secs(1)))).await;
+    submit(&t, &["una@implicit.test"], "Subject: slow\r\n\r\nx\r\n").await;
+    let report = bounce(&t).await;
+    assert!(report.contains("Action: delayed\r\nStatus: 4.7.1"), "{report}");
+    assert!(report.contains("Will-Retry-Until: "), "{report}");
+    // Retries go on (every second here), but the sender hears it only once.
+    let tries = || fake.commands().iter().filter(|c| c.contains("una@implicit.test")).count();
+    let before = tries();
+    common::eventually(10, || tries() >= before + 2).await;
+    assert_eq!(t.mailbox(DOMAIN, "alice").len(), 1);
 }

@@ -120,6 +120,9 @@ pub struct QueueConfig {
     pub expire: HumanDuration,
     /// How many deliveries run at once.
     pub workers: usize,
+    /// Tell the sender once when a message is still undelivered after this
+    /// long (RFC 3464 "delayed" report). Off when absent.
+    pub delay_warning: Option<HumanDuration>,
 }
 
 impl Default for QueueConfig {
@@ -129,6 +132,7 @@ impl Default for QueueConfig {
             retry: p.schedule.into_iter().map(HumanDuration).collect(),
             expire: HumanDuration(p.expire),
             workers: 16,
+            delay_warning: None,
         }
     }
 }
@@ -138,6 +142,7 @@ impl QueueConfig {
         RetryPolicy {
             schedule: self.retry.iter().map(|d| d.0).collect(),
             expire: self.expire.0,
+            delay_warning: self.delay_warning.map(|d| d.0),
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct RetryPolicy {
     pub schedule: Vec<Duration>,
     pub expire: Duration,
+    /// When to send one "still trying" report; never when `None`.
+    pub delay_warning: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -17,6 +19,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             schedule: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
             expire: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: None,
         }
     }
 }
@@ -29,6 +32,13 @@ impl RetryPolicy {
             .get(i)
             .copied()
             .unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// Whether a still-deferred message that arrived at `created_at` is due
+    /// its delay warning at `now`.
+    pub fn warn_delay(&self, created_at: i64, now: i64) -> bool {
+        self.delay_warning
+            .is_some_and(|d| now.saturating_sub(created_at) >= d.as_secs() as i64)
     }
 
     /// Whether a message that arrived at `created_at` has expired at `now`

@@ -6,36 +6,66 @@ use std::fmt::Write;
 
 use tern_core::MessageId;
 
-/// One failed recipient for the report.
-pub struct FailedRecipient<'a> {
+/// One recipient for the report.
+pub struct ReportedRecipient<'a> {
     pub address: &'a str,
     /// The reason, usually the remote reply (`550 5.1.1 ...`).
     pub reason: &'a str,
 }
 
-/// Builds the bounce for `sender` about `original` (its full text; only the
-/// header block is returned to the sender).
+/// What the report says happened (RFC 3464 2.3.3 Action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Given up: a bounce.
+    Failed,
+    /// Still being retried until the given time (a delay warning).
+    Delayed { retry_until: i64 },
+}
+
+fn rfc2822(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.to_rfc2822())
+        .unwrap_or_default()
+}
+
+/// Builds the report for `sender` about `original` (its full text; only
+/// the header block is returned to the sender).
 pub fn build_dsn(
     hostname: &str,
     id: MessageId,
     sender: &str,
     arrival: i64,
-    failed: &[FailedRecipient<'_>],
+    report: Report,
+    recipients: &[ReportedRecipient<'_>],
     original: &[u8],
 ) -> Vec<u8> {
     let boundary = format!("{id}/{hostname}");
     let now = chrono::Utc::now().to_rfc2822();
-    let arrival = chrono::DateTime::from_timestamp(arrival, 0)
-        .map(|t| t.to_rfc2822())
-        .unwrap_or_else(|| now.clone());
+    let arrival = rfc2822(arrival);
+    let (subject, intro, action) = match report {
+        Report::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to one or more recipients.".to_string(),
+            "failed",
+        ),
+        Report::Delayed { retry_until } => (
+            "Delayed Mail (still being retried)",
+            format!(
+                "Your message has not been delivered yet to one or more recipients.\r\n\
+                 Delivery will be retried until {}; you do not need to resend it.",
+                rfc2822(retry_until)
+            ),
+            "delayed",
+        ),
+    };
     let mut m = String::new();
     let _ = write!(
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
          To: <{sender}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {now}\r\n\
-         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Message-ID: <{id}.{action}@{hostname}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
@@ -47,11 +77,11 @@ pub fn build_dsn(
          \r\n\
          This is the mail system at {hostname}.\r\n\
          \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
+         {intro}\r\n\
          \r\n"
     );
-    for f in failed {
-        let _ = write!(m, "<{}>: {}\r\n", f.address, one_line(f.reason));
+    for r in recipients {
+        let _ = write!(m, "<{}>: {}\r\n", r.address, one_line(r.reason));
     }
     let _ = write!(
         m,
@@ -62,21 +92,27 @@ pub fn build_dsn(
          X-Tern-Queue-ID: {id}\r\n\
          Arrival-Date: {arrival}\r\n"
     );
-    for f in failed {
-        let reason = one_line(f.reason);
+    for r in recipients {
+        let reason = one_line(r.reason);
+        let status = match report {
+            Report::Failed => status_code(&reason),
+            Report::Delayed { .. } => format!("4{}", &status_code(&reason)[1..]),
+        };
         let _ = write!(
             m,
             "\r\nFinal-Recipient: rfc822; {}\r\n\
-             Action: failed\r\n\
-             Status: {}\r\n",
-            f.address,
-            status_code(&reason)
+             Action: {action}\r\n\
+             Status: {status}\r\n",
+            r.address,
         );
         // RFC 3464 2.3.6: the remote reply, when there was one.
         if reason.len() > 3 && reason.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
             let _ = write!(m, "Diagnostic-Code: smtp; {reason}\r\n");
         } else {
             let _ = write!(m, "Diagnostic-Code: X-Tern; {reason}\r\n");
+        }
+        if let Report::Delayed { retry_until } = report {
+            let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc2822(retry_until));
         }
     }
     let _ = write!(
@@ -141,7 +177,8 @@ mod tests {
             id,
             "alice@example.com",
             0,
-            &[FailedRecipient {
+            Report::Failed,
+            &[ReportedRecipient {
                 address: "bob@remote.test",
                 reason: "550 5.1.1 no such user",
             }],
@@ -156,6 +193,26 @@ mod tests {
         assert!(text.contains("Subject: hello\r\n"));
         assert!(!text.contains("secret body"));
         assert_eq!(status_code("451 4.4.1 timeout"), "5.4.1");
+        let delayed = build_dsn(
+            "mx.test",
+            id,
+            "alice@example.com",
+            0,
+            Report::Delayed {
+                retry_until: 432000,
+            },
+            &[ReportedRecipient {
+                address: "bob@remote.test",
+                reason: "451 4.7.1 greylisted",
+            }],
+            b"Subject: hello\r\n\r\nx\r\n",
+        );
+        let text = String::from_utf8(delayed).unwrap();
+        assert!(
+            text.contains("Action: delayed\r\nStatus: 4.7.1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Will-Retry-Until: "), "{text}");
         assert_eq!(
             status_code("expired after 3 attempts; last: 451 4.4.1 x"),
             "5.4.7"

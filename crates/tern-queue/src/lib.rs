@@ -10,7 +10,7 @@ use tern_core::{Envelope, MessageId};
 use tern_store::{NewMessage, Store, StoreError};
 use tokio::sync::Notify;
 
-pub use dsn::build_dsn;
+pub use dsn::{build_dsn, Report, ReportedRecipient};
 pub use scheduler::{Scheduler, SchedulerConfig};
 
 /// The way into the queue for every source (SMTP, later HTTP and bounces).

@@ -17,7 +17,7 @@ use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::dsn::{build_dsn, FailedRecipient};
+use crate::dsn::{build_dsn, Report, ReportedRecipient};
 use crate::Queue;
 
 #[derive(Debug, Clone)]
@@ -193,46 +193,105 @@ impl Scheduler {
             address: d.address.clone(),
             outcome,
             at,
+            warned: false,
         }
     }
 
-    /// Stores the results, then bounces the failures (never for a bounce).
-    async fn record(&self, due: &[DueRecipient], results: Vec<RecipientResult>, body: &[u8]) {
-        // The bounce is queued before the failure is recorded: a crash in
-        // between costs a duplicate bounce, never a lost one.
-        let failed: Vec<FailedRecipient<'_>> = results
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Outcome::Failed { reason } => Some(FailedRecipient {
-                    address: &r.address,
-                    reason,
-                }),
-                _ => None,
-            })
-            .collect();
-        let sender = &due[0].sender;
-        if !failed.is_empty() && !sender.is_empty() {
-            if let Ok(to) = Address::parse(sender) {
-                let dsn = build_dsn(
-                    &self.config.hostname,
-                    due[0].message_id,
-                    sender,
-                    due[0].created_at,
-                    &failed,
-                    body,
-                );
-                let envelope = Envelope {
-                    sender: None,
-                    recipients: vec![to],
-                };
-                if let Err(e) = self.queue.enqueue(envelope, dsn, None).await {
-                    tracing::error!(id = %due[0].message_id, error = %e, "cannot queue the bounce; will retry");
-                    return;
+    /// Reports to the sender (bounces for failures, one delay warning for
+    /// recipients deferred too long), then stores the results. Reports are
+    /// queued first: a crash in between costs a duplicate report, never a
+    /// lost one. A message with the null sender is never reported on.
+    async fn record(&self, due: &[DueRecipient], mut results: Vec<RecipientResult>, body: &[u8]) {
+        let first = &due[0];
+        if !first.sender.is_empty() {
+            let failed =
+                self.report_list(&results, |_, r| matches!(r.outcome, Outcome::Failed { .. }));
+            if !failed.is_empty() && !self.report(first, Report::Failed, &failed, body).await {
+                return;
+            }
+            let policy = &self.config.policy;
+            let late = |d: &DueRecipient, r: &RecipientResult| {
+                matches!(r.outcome, Outcome::Deferred { .. })
+                    && !d.warned
+                    && policy.warn_delay(d.created_at, r.at)
+            };
+            let delayed: Vec<usize> = (0..results.len())
+                .filter(|&i| late(&due[i], &results[i]))
+                .collect();
+            if !delayed.is_empty() {
+                let list = self.report_list(&results, |i, _| delayed.contains(&i));
+                let retry_until = first.created_at + policy.expire.as_secs() as i64;
+                if self
+                    .report(first, Report::Delayed { retry_until }, &list, body)
+                    .await
+                {
+                    for i in delayed {
+                        results[i].warned = true;
+                    }
                 }
             }
         }
         if let Err(e) = self.store().record_results(&results).await {
-            tracing::error!(id = %due[0].message_id, error = %e, "cannot record delivery results");
+            tracing::error!(id = %first.message_id, error = %e, "cannot record delivery results");
+        }
+    }
+
+    /// The recipients (address, reason) chosen by `pick` for a report.
+    fn report_list(
+        &self,
+        results: &[RecipientResult],
+        pick: impl Fn(usize, &RecipientResult) -> bool,
+    ) -> Vec<(String, String)> {
+        results
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| pick(*i, r))
+            .map(|(_, r)| {
+                let reason = match &r.outcome {
+                    Outcome::Failed { reason } | Outcome::Deferred { reason, .. } => reason.clone(),
+                    Outcome::Delivered { reply } => reply.clone(),
+                };
+                (r.address.clone(), reason)
+            })
+            .collect()
+    }
+
+    /// Queues one report to the sender of `d`'s message; false when it
+    /// could not be queued (the results then stay unrecorded and the
+    /// attempt is repeated at its next time).
+    async fn report(
+        &self,
+        d: &DueRecipient,
+        report: Report,
+        list: &[(String, String)],
+        body: &[u8],
+    ) -> bool {
+        let Ok(to) = Address::parse(&d.sender) else {
+            return true;
+        };
+        let recipients: Vec<ReportedRecipient<'_>> = list
+            .iter()
+            .map(|(address, reason)| ReportedRecipient { address, reason })
+            .collect();
+        let dsn = build_dsn(
+            &self.config.hostname,
+            d.message_id,
+            &d.sender,
+            d.created_at,
+            report,
+            &recipients,
+            body,
+        );
+        let envelope = Envelope {
+            sender: None,
+            recipients: vec![to],
+        };
+        match self.queue.enqueue(envelope, dsn, None).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(id = %d.message_id, error = %e, "cannot queue the report; will retry");
+                false
+            }
         }
     }
 }

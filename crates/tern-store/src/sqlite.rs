@@ -215,7 +215,7 @@ impl Store for SqliteStore {
         // both claim the same rows.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
-            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, m.sender, m.created_at
+            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at
              FROM recipients r JOIN messages m ON m.id = r.message_id
              WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?
                AND (r.leased_until IS NULL OR r.leased_until <= ?)
@@ -239,6 +239,7 @@ impl Store for SqliteStore {
                 sender: r.get("sender"),
                 created_at: r.get("created_at"),
                 attempts: r.get::<i64, _>("attempts") as u32,
+                warned: r.get::<i64, _>("warned") != 0,
             };
             let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
             sqlx::query(
@@ -289,12 +290,14 @@ impl Store for SqliteStore {
                 _ => r.at,
             };
             sqlx::query(
-                "UPDATE recipients SET status = ?, detail = ?, next_attempt = ?, leased_until = NULL
+                "UPDATE recipients SET status = ?, detail = ?, next_attempt = ?, leased_until = NULL,
+                     warned = MAX(warned, ?)
                  WHERE message_id = ? AND idx = ? AND status IN ('queued', 'deferred')",
             )
             .bind(status.kind())
             .bind(status.detail())
             .bind(next)
+            .bind(r.warned as i64)
             .bind(&id)
             .bind(r.idx as i64)
             .execute(&mut *tx)

@@ -22,6 +22,8 @@ pub struct DueRecipient {
     pub created_at: i64,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// A delay warning was already sent for this recipient.
+    pub warned: bool,
 }
 
 /// What an attempt did for one recipient.
@@ -55,6 +57,8 @@ pub struct RecipientResult {
     pub address: String,
     pub outcome: Outcome,
     pub at: i64,
+    /// A delay warning went out with this result.
+    pub warned: bool,
 }
 
 /// One line of a message's history.

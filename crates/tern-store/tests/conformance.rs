@@ -64,6 +64,7 @@ async fn commit_claim_record_release() {
         address: address.into(),
         outcome,
         at: 101,
+        warned: false,
     };
     let done = store
         .record_results(&[

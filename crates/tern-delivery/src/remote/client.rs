@@ -293,6 +293,15 @@ impl SmtpClient {
             );
             return (vec![Attempt::Permanent(why); n], true);
         }
+        let eight_bit = mail.body.iter().any(|b| *b >= 0x80);
+        if eight_bit && !self.ext.eightbitmime {
+            // RFC 6152 3: 8-bit data only to a server that said 8BITMIME.
+            let why = format!(
+                "554 5.6.3 the message has 8-bit data and {} does not support 8BITMIME (RFC 6152)",
+                self.peer
+            );
+            return (vec![Attempt::Permanent(why); n], true);
+        }
         let mut results: Vec<Option<Attempt>> = vec![None; n];
         let reusable = match self.transaction(mail, &mut results).await {
             Ok(reusable) => reusable,

@@ -21,6 +21,7 @@ CREATE TABLE recipients (
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt BIGINT NOT NULL,        -- Unix seconds
     leased_until BIGINT,                 -- set while an attempt is in flight
+    warned       INTEGER NOT NULL DEFAULT 0, -- a delay warning was sent
     PRIMARY KEY (message_id, idx)
 );
 CREATE INDEX recipients_due ON recipients (next_attempt)
