@@ -9,21 +9,45 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tern_auth::Authenticator;
+use tern_core::config::Backend;
 use tern_core::{Config, ListenerMode};
 use tern_delivery::{Directory, Maildir, Router};
 use tern_queue::{Queue, Scheduler, SchedulerConfig};
 use tern_smtp::SmtpContext;
-use tern_store::{SqliteStore, Store};
+use tern_store::{PgStore, SqliteStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Opens the store the configuration names. Every command uses this, so the
 /// CLI and a running server act on the same data.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(&config.data_dir)
-        .await
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    Ok(Arc::new(store))
+    Ok(match config.store.backend {
+        Backend::Sqlite => Arc::new(
+            SqliteStore::open(&config.data_dir)
+                .await
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        Backend::Postgres => {
+            let url = config.store.url.as_deref().unwrap_or_default();
+            Arc::new(
+                PgStore::connect(url, config.node_id())
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?,
+            )
+        }
+    })
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// A running server.
@@ -51,9 +75,9 @@ impl Server {
         let store = open_store(&config).await?;
         let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
         let bound = tern_smtp::bind_all(&config.listener).await?;
-        // The lock says no other process delivers from this store, so
-        // attempts marked in flight died with the previous process; their
-        // next attempt was written before they started.
+        // Leases this node still holds died with its previous process (for
+        // the embedded store the lock says it is the only node); their next
+        // attempt was written before they started.
         store.release_leases().await.context("releasing leases")?;
         let swept = store.sweep().await.context("sweeping the spool")?;
         if swept > 0 {
@@ -83,7 +107,7 @@ impl Server {
                 policy: config.queue.retry_policy(),
                 workers: config.queue.workers,
                 poll: Duration::from_secs(1),
-                lease: attempt_lease(&config),
+                lease: config.queue.lease.0,
             },
         );
         let mut tasks = vec![tokio::spawn(scheduler.run(shutdown_rx.clone()))];
@@ -150,14 +174,4 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
-}
-
-/// How far a recipient's next attempt is moved before it is tried: longer
-/// than any one attempt can take (connect, greeting, EHLO/STARTTLS/MAIL/RCPT
-/// replies, DATA), so an attempt still running is never claimed again, and
-/// short enough that a crash mid-attempt costs a wait of about that long,
-/// never a retry storm.
-fn attempt_lease(config: &Config) -> Duration {
-    let d = &config.delivery;
-    d.connect_timeout.0 + d.command_timeout.0 * 6 + d.data_timeout.0 * 2 + Duration::from_secs(60)
 }

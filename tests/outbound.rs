@@ -652,15 +652,28 @@ async fn one_delay_warning_while_retrying() {
     let port = free_port(&[ip(MX1)]);
     let dns = TestDns::start(ZONE).await;
     let mut script = Script::default();
-    script.rcpt_replies.insert("una@implicit.test".into(), "451 4.7.1 greylisted".into());
+    script
+        .rcpt_replies
+        .insert("una@implicit.test".into(), "451 4.7.1 greylisted".into());
     let fake = FakeSmtp::start(ip(MX1), port, script).await;
-    let t = tern(&dns, port, |c| c.queue.delay_warning = Some(HumanDuration(Duration::from_secs(1)))).await;
+    let t = tern(&dns, port, |c| {
+        c.queue.delay_warning = Some(HumanDuration(Duration::from_secs(1)))
+    })
+    .await;
     submit(&t, &["una@implicit.test"], "Subject: slow\r\n\r\nx\r\n").await;
     let report = bounce(&t).await;
-    assert!(report.contains("Action: delayed\r\nStatus: 4.7.1"), "{report}");
+    assert!(
+        report.contains("Action: delayed\r\nStatus: 4.7.1"),
+        "{report}"
+    );
     assert!(report.contains("Will-Retry-Until: "), "{report}");
     // Retries go on (every second here), but the sender hears it only once.
-    let tries = || fake.commands().iter().filter(|c| c.contains("una@implicit.test")).count();
+    let tries = || {
+        fake.commands()
+            .iter()
+            .filter(|c| c.contains("una@implicit.test"))
+            .count()
+    };
     let before = tries();
     common::eventually(10, || tries() >= before + 2).await;
     assert_eq!(t.mailbox(DOMAIN, "alice").len(), 1);

@@ -123,6 +123,10 @@ pub struct QueueConfig {
     /// Tell the sender once when a message is still undelivered after this
     /// long (RFC 3464 "delayed" report). Off when absent.
     pub delay_warning: Option<HumanDuration>,
+    /// How long a node's claim on a recipient lasts unless renewed; the node
+    /// renews it every third of this while the attempt runs. When a node
+    /// dies, its work waits this long before another node takes it.
+    pub lease: HumanDuration,
 }
 
 impl Default for QueueConfig {
@@ -133,6 +137,7 @@ impl Default for QueueConfig {
             expire: HumanDuration(p.expire),
             workers: 16,
             delay_warning: None,
+            lease: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -143,6 +148,37 @@ impl QueueConfig {
             schedule: self.retry.iter().map(|d| d.0).collect(),
             expire: self.expire.0,
             delay_warning: self.delay_warning.map(|d| d.0),
+        }
+    }
+}
+
+/// Which storage backend holds the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite and spool files in `data_dir`: one node.
+    Sqlite,
+    /// A PostgreSQL database that several nodes share.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    /// `postgres://user:password@host/db` for the postgres backend.
+    pub url: Option<String>,
+    /// This node's name among the nodes sharing a database; it owns the
+    /// node's leases, so it must be unique and stable. Default: hostname.
+    pub node_id: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Sqlite,
+            url: None,
+            node_id: None,
         }
     }
 }
@@ -251,6 +287,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub queue: QueueConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -426,6 +464,40 @@ impl Config {
         if self.queue.retry.is_empty() {
             return Err(invalid("queue.retry", "needs at least one interval".into()));
         }
+        match (&self.store.backend, &self.store.url) {
+            (Backend::Postgres, None) => {
+                return Err(invalid(
+                    "store.url",
+                    "the postgres backend needs a url".into(),
+                ));
+            }
+            (Backend::Postgres, Some(u))
+                if !u.starts_with("postgres://") && !u.starts_with("postgresql://") =>
+            {
+                return Err(invalid("store.url", "must start with postgres://".into()));
+            }
+            (Backend::Sqlite, Some(_)) => {
+                return Err(invalid(
+                    "store.url",
+                    "only used with backend = \"postgres\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self
+            .store
+            .node_id
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 64)
+        {
+            return Err(invalid(
+                "store.node_id",
+                "must be 1 to 64 characters".into(),
+            ));
+        }
+        if self.queue.lease.0.as_secs() < 3 {
+            return Err(invalid("queue.lease", "must be at least 3s".into()));
+        }
         let d = &self.delivery;
         if d.port == 0 {
             return Err(invalid("delivery.port", "must be a port number".into()));
@@ -489,6 +561,11 @@ impl Config {
             .key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+    }
+
+    /// This node's name for its leases.
+    pub fn node_id(&self) -> &str {
+        self.store.node_id.as_deref().unwrap_or(&self.hostname)
     }
 
     /// The name Tern gives in EHLO when it delivers.
@@ -583,6 +660,10 @@ mod tests {
             [queue]
             retry = ["1m", "1h"]
             expire = "2d"
+            [store]
+            backend = "postgres"
+            url = "postgres://tern@db/tern"
+            node_id = "node-1"
             [dns]
             nameservers = ["127.0.0.1:5353"]
             [delivery]

@@ -29,8 +29,8 @@ pub struct SchedulerConfig {
     /// How often the store is polled for work made due by another process
     /// (`tern queue retry`) or by time.
     pub poll: Duration,
-    /// How far ahead a claimed recipient's next attempt is moved before the
-    /// attempt (what a crash mid-attempt costs).
+    /// How long a claim lasts unless renewed; renewed every third of it
+    /// while attempts run.
     pub lease: Duration,
 }
 
@@ -55,6 +55,7 @@ impl Scheduler {
         let slots = Arc::new(Semaphore::new(this.config.workers));
         let wake = this.queue.wake_handle();
         let mut running = JoinSet::new();
+        let renewer = tokio::spawn(renew_leases(this.clone()));
         loop {
             if *shutdown.borrow() {
                 break;
@@ -89,6 +90,7 @@ impl Scheduler {
             }
         }
         while running.join_next().await.is_some() {}
+        renewer.abort();
     }
 
     /// Claims due recipients and groups them into one job per message and
@@ -292,6 +294,20 @@ impl Scheduler {
                 tracing::error!(id = %d.message_id, error = %e, "cannot queue the report; will retry");
                 false
             }
+        }
+    }
+}
+
+/// Keeps this node's claims alive while its attempts run (or wait for a
+/// worker), so no other node takes them; a node that dies stops renewing
+/// and its claims run out after one lease.
+async fn renew_leases(scheduler: Arc<Scheduler>) {
+    let mut tick = tokio::time::interval(scheduler.config.lease / 3);
+    loop {
+        tick.tick().await;
+        let until = tern_core::unix_now() + scheduler.config.lease.as_secs() as i64;
+        if let Err(e) = scheduler.store().renew_leases(until).await {
+            tracing::warn!(error = %e, "cannot renew leases");
         }
     }
 }

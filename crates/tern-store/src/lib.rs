@@ -4,13 +4,16 @@
 //! included); it holds no business rules: the queue decides *when* and *what*,
 //! the store only makes it durable.
 
+mod postgres;
 mod spool;
 mod sqlite;
+pub mod testkit;
 mod types;
 
 use async_trait::async_trait;
 use tern_core::{MessageId, QueuedMessage, RetryPolicy};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::{DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
 
@@ -40,10 +43,12 @@ pub trait Store: Send + Sync + 'static {
     /// Commits from concurrent callers may share one fsync (group commit).
     async fn commit_message(&self, msg: NewMessage) -> Result<()>;
 
-    /// Takes up to `limit` recipients due at `now` (and not in flight), in
-    /// due order. Before returning it counts the attempt and writes the next
-    /// one per `policy`, so a crash during the attempt never causes a retry
-    /// storm, and marks them in flight until `lease_until`.
+    /// Takes up to `limit` recipients due at `now` and not in flight (or
+    /// whose lease has run out: its holder died), in due order. Before
+    /// returning it counts the attempt and writes the next one per `policy`,
+    /// so a crash during the attempt never causes a retry storm, and leases
+    /// them to this node until `lease_until`. Concurrent claimers, in this
+    /// process or another, never get the same recipient.
     async fn claim_due(
         &self,
         now: i64,
@@ -52,10 +57,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DueRecipient>>;
 
-    /// Ends every in-flight mark. Only for a server starting up that knows
-    /// no other process delivers from this store (the embedded backend's
-    /// data-directory lock).
+    /// Ends this node's leases: for a node starting up, whose earlier
+    /// process can no longer be delivering.
     async fn release_leases(&self) -> Result<u64>;
+
+    /// Extends this node's leases to `until` while its attempts run.
+    async fn renew_leases(&self, until: i64) -> Result<u64>;
 
     /// The earliest next attempt among pending recipients.
     async fn next_due(&self) -> Result<Option<i64>>;

@@ -259,6 +259,16 @@ impl Store for SqliteStore {
         Ok(due)
     }
 
+    async fn renew_leases(&self, until: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("UPDATE recipients SET leased_until = ? WHERE leased_until IS NOT NULL")
+                .bind(until)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     async fn release_leases(&self) -> Result<u64> {
         Ok(
             sqlx::query("UPDATE recipients SET leased_until = NULL WHERE leased_until IS NOT NULL")

@@ -23,10 +23,44 @@ async fn open(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(dir).await.unwrap())
 }
 
-#[tokio::test]
-async fn commit_claim_record_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+/// Runs one case against both backends: the embedded store in a temporary
+/// directory, and PostgreSQL in a scratch database.
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(super::open(dir.path()).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = tern_store::testkit::ScratchDb::create().await else { return };
+                    let store = tern_store::PgStore::connect(&db.url, "node-a").await.unwrap();
+                    super::$case(std::sync::Arc::new(store)).await;
+                    db.drop_db().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    commit_claim_record_release,
+    retry_and_delete,
+    concurrent_commits_all_survive,
+    users,
+    leases_keep_in_flight_work_from_being_claimed_twice,
+    two_claimers_never_share_a_recipient,
+    large_body_round_trips,
+);
+
+async fn commit_claim_record_release(store: Arc<dyn Store>) {
     let policy = RetryPolicy::default();
     let m = message(&["a@x.test", "b@y.test"], 100);
     let id = m.id;
@@ -130,10 +164,7 @@ async fn commit_claim_record_release() {
     );
 }
 
-#[tokio::test]
-async fn retry_delete_and_sweep() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn retry_and_delete(store: Arc<dyn Store>) {
     let m = message(&["a@x.test"], 100);
     let id = m.id;
     store.commit_message(m).await.unwrap();
@@ -144,11 +175,7 @@ async fn retry_delete_and_sweep() {
     assert_eq!(store.retry_now(Some(id), 200).await.unwrap(), 1);
     assert_eq!(store.next_due().await.unwrap(), Some(200));
     assert_eq!(store.retry_now(None, 300).await.unwrap(), 1);
-
-    // A body with no committed row (a crash between the two) is swept.
-    let orphan = MessageId::generate();
-    std::fs::write(dir.path().join("spool").join(orphan.to_string()), b"x").unwrap();
-    assert_eq!(store.sweep().await.unwrap(), 1);
+    assert_eq!(store.sweep().await.unwrap(), 0, "nothing to sweep");
     assert!(store.read_body(id).await.is_ok(), "committed body kept");
 
     assert!(store.delete_message(id).await.unwrap());
@@ -157,38 +184,103 @@ async fn retry_delete_and_sweep() {
     assert!(store.read_body(id).await.is_err());
 }
 
-#[tokio::test]
-async fn concurrent_commits_share_batches_and_all_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let ids = {
-        let store = open(dir.path()).await;
-        let mut tasks = Vec::new();
-        for i in 0..64 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let m = message(&[&format!("u{i}@x.test")], 100);
-                let id = m.id;
-                store.commit_message(m).await.unwrap();
-                id
-            }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.push(t.await.unwrap());
-        }
-        ids
-    };
-    let store = open(dir.path()).await;
-    for id in ids {
+async fn concurrent_commits_all_survive(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = message(&[&format!("u{i}@x.test")], 100);
+            let id = m.id;
+            store.commit_message(m).await.unwrap();
+            id
+        }));
+    }
+    for t in tasks {
+        let id = t.await.unwrap();
         assert!(store.get_message(id).await.unwrap().is_some());
     }
     assert_eq!(store.list_messages(1000).await.unwrap().len(), 64);
 }
 
+/// Claims racing from many tasks (as from several nodes) split the work:
+/// every recipient is claimed exactly once.
+async fn two_claimers_never_share_a_recipient(store: Arc<dyn Store>) {
+    for i in 0..40 {
+        store
+            .commit_message(message(&[&format!("u{i}@x.test"), "v@y.test"], 100))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store
+                    .claim_due(100, 10_000, &RetryPolicy::default(), 7)
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| (d.message_id, d.idx)));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a recipient was claimed twice");
+    assert_eq!(n, 80);
+}
+
+/// Bodies larger than one storage chunk come back byte for byte.
+async fn large_body_round_trips(store: Arc<dyn Store>) {
+    let mut m = message(&["a@x.test"], 100);
+    m.body = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+    let (id, body) = (m.id, m.body.clone());
+    store.commit_message(m).await.unwrap();
+    assert_eq!(store.read_body(id).await.unwrap(), body);
+    assert_eq!(
+        store.get_message(id).await.unwrap().unwrap().size,
+        3_500_000
+    );
+}
+
 #[tokio::test]
-async fn users() {
+async fn sqlite_sweeps_uncommitted_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
+    let m = message(&["a@x.test"], 100);
+    let id = m.id;
+    store.commit_message(m).await.unwrap();
+    // A body with no committed row (a crash between the two) is swept.
+    let orphan = MessageId::generate();
+    std::fs::write(dir.path().join("spool").join(orphan.to_string()), b"x").unwrap();
+    assert_eq!(store.sweep().await.unwrap(), 1);
+    assert!(store.read_body(id).await.is_ok(), "committed body kept");
+}
+
+#[tokio::test]
+async fn sqlite_commits_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = open(dir.path()).await;
+        let m = message(&["a@x.test"], 100);
+        let id = m.id;
+        store.commit_message(m).await.unwrap();
+        id
+    };
+    let store = open(dir.path()).await;
+    assert!(store.get_message(id).await.unwrap().is_some());
+}
+
+async fn users(store: Arc<dyn Store>) {
     store.add_user("alice", "h1", 0).await.unwrap();
     assert!(matches!(
         store.add_user("alice", "h2", 0).await,
@@ -209,10 +301,7 @@ async fn users() {
     assert!(store.user_hash("alice").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn leases_keep_in_flight_work_from_being_claimed_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn leases_keep_in_flight_work_from_being_claimed_twice(store: Arc<dyn Store>) {
     let policy = RetryPolicy::default();
     let m = message(&["a@x.test"], 100);
     let id = m.id;
@@ -236,4 +325,40 @@ async fn leases_keep_in_flight_work_from_being_claimed_twice() {
     assert_eq!(second[0].attempts, 1, "the crashed attempt counted");
     let q = store.get_message(id).await.unwrap().unwrap();
     assert_eq!(q.recipients[0].next_attempt, 160 + 300);
+}
+
+#[tokio::test]
+async fn postgres_leases_belong_to_their_node() {
+    let Some(db) = tern_store::testkit::ScratchDb::create().await else {
+        return;
+    };
+    let a = tern_store::PgStore::connect(&db.url, "node-a")
+        .await
+        .unwrap();
+    let b = tern_store::PgStore::connect(&db.url, "node-b")
+        .await
+        .unwrap();
+    let policy = RetryPolicy::default();
+    a.commit_message(message(&["x@x.test"], 100)).await.unwrap();
+    assert_eq!(a.claim_due(100, 1_000, &policy, 10).await.unwrap().len(), 1);
+    // B neither sees A's in-flight work nor can release A's lease ...
+    assert_eq!(b.release_leases().await.unwrap(), 0);
+    assert!(b
+        .claim_due(500, 1_000, &policy, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // ... and A renews it while its attempt runs.
+    assert_eq!(a.renew_leases(2_000).await.unwrap(), 1);
+    assert!(b
+        .claim_due(1_500, 3_000, &policy, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // When A dies the lease runs out and B takes the work.
+    let taken = b.claim_due(2_000, 3_000, &policy, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].attempts, 1);
+    drop((a, b));
+    db.drop_db().await;
 }

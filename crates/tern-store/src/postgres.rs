@@ -1,0 +1,489 @@
+//! The PostgreSQL backend, for several nodes sharing one queue. Bodies live
+//! in the database (chunked), so any node can deliver any message and a
+//! node's disk holds nothing that matters. Nodes claim work with
+//! `FOR UPDATE SKIP LOCKED` and hold it with a lease that they renew while
+//! the attempt runs; a dead node's leases run out and another node takes
+//! the work.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Row};
+use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState, RetryPolicy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::types::*;
+use crate::{Result, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Bodies are stored in pieces of this size.
+const CHUNK: usize = 1 << 20;
+/// Most commits taken into one transaction.
+const MAX_BATCH: usize = 256;
+
+struct Commit {
+    msg: NewMessage,
+    done: oneshot::Sender<Result<()>>,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    node: String,
+    writer: mpsc::Sender<Commit>,
+}
+
+impl PgStore {
+    /// Connects, brings the schema up to date, and identifies this node's
+    /// leases by `node` (stable across restarts, distinct between nodes).
+    pub async fn connect(url: &str, node: &str) -> Result<PgStore> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(pool.clone(), rx));
+        Ok(PgStore {
+            pool,
+            node: node.to_string(),
+            writer: tx,
+        })
+    }
+
+    async fn load_message(&self, row: PgRow) -> Result<Option<QueuedMessage>> {
+        let Ok(id) = row.get::<String, _>("id").parse::<MessageId>() else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT address, status, detail, attempts, next_attempt FROM recipients
+             WHERE message_id = $1 ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let recipients = rows
+            .into_iter()
+            .map(|r| RecipientState {
+                address: r.get("address"),
+                status: DeliveryStatus::from_parts(r.get("status"), r.get("detail"))
+                    .unwrap_or(DeliveryStatus::Queued),
+                attempts: r.get::<i32, _>("attempts") as u32,
+                next_attempt: r.get("next_attempt"),
+            })
+            .collect();
+        Ok(Some(QueuedMessage {
+            id,
+            sender: row.get("sender"),
+            created_at: row.get("created_at"),
+            size: row.get::<i64, _>("size") as u64,
+            recipients,
+        }))
+    }
+}
+
+/// Group commit: every commit waiting goes into one transaction, bodies
+/// included, so the client's 250 follows one WAL flush for the batch.
+async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Commit>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let result = commit_batch(&pool, &batch).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, messages = batch.len(), "commit failed");
+        }
+        for c in batch.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                    "commit failed: {e}"
+                )))),
+            };
+            let _ = c.done.send(r);
+        }
+    }
+}
+
+async fn commit_batch(pool: &PgPool, batch: &[Commit]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for c in batch {
+        let m = &c.msg;
+        let id = m.id.to_string();
+        sqlx::query("INSERT INTO messages (id, sender, created_at, size, auth_user) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&id)
+            .bind(m.envelope.sender_string())
+            .bind(m.created_at)
+            .bind(m.body.len() as i64)
+            .bind(&m.auth_user)
+            .execute(&mut *tx)
+            .await?;
+        for (seq, chunk) in m.body.chunks(CHUNK).enumerate() {
+            sqlx::query("INSERT INTO bodies (message_id, seq, data) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(seq as i32)
+                .bind(chunk)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
+            let address = rcpt.to_string();
+            sqlx::query(
+                "INSERT INTO recipients (message_id, idx, address, domain, status, attempts, next_attempt)
+                 VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+            )
+            .bind(&id)
+            .bind(idx as i32)
+            .bind(&address)
+            .bind(rcpt.domain())
+            .bind(m.created_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, &id, Some(&address), "accepted", None, m.created_at).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::PgConnection,
+    message_id: &str,
+    recipient: Option<&str>,
+    kind: &str,
+    detail: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (message_id, recipient, kind, detail, at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message_id)
+    .bind(recipient)
+    .bind(kind)
+    .bind(detail)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn commit_message(&self, msg: NewMessage) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(Commit { msg, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        policy: &RetryPolicy,
+        limit: usize,
+    ) -> Result<Vec<DueRecipient>> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: rows another node is claiming right now are passed
+        // over, not waited for; the lease keeps them from being claimed
+        // again once that node commits.
+        let rows = sqlx::query(
+            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at
+             FROM recipients r JOIN messages m ON m.id = r.message_id
+             WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= $1
+               AND (r.leased_until IS NULL OR r.leased_until <= $1)
+             ORDER BY r.next_attempt LIMIT $2
+             FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Ok(message_id) = r.get::<String, _>("message_id").parse::<MessageId>() else {
+                continue;
+            };
+            let d = DueRecipient {
+                message_id,
+                idx: r.get::<i32, _>("idx") as u32,
+                address: r.get("address"),
+                domain: r.get("domain"),
+                sender: r.get("sender"),
+                created_at: r.get("created_at"),
+                attempts: r.get::<i32, _>("attempts") as u32,
+                warned: r.get::<i32, _>("warned") != 0,
+            };
+            let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
+            sqlx::query(
+                "UPDATE recipients SET attempts = attempts + 1, next_attempt = $1,
+                     leased_until = $2, leased_by = $3
+                 WHERE message_id = $4 AND idx = $5",
+            )
+            .bind(next)
+            .bind(lease_until)
+            .bind(&self.node)
+            .bind(message_id.to_string())
+            .bind(d.idx as i32)
+            .execute(&mut *tx)
+            .await?;
+            due.push(d);
+        }
+        tx.commit().await?;
+        due.sort_by_key(|d| (d.message_id, d.idx));
+        Ok(due)
+    }
+
+    async fn release_leases(&self) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE recipients SET leased_until = NULL, leased_by = NULL WHERE leased_by = $1",
+        )
+        .bind(&self.node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn renew_leases(&self, until: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE recipients SET leased_until = $1
+             WHERE leased_by = $2 AND leased_until IS NOT NULL",
+        )
+        .bind(until)
+        .bind(&self.node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt) AS t FROM recipients WHERE status IN ('queued', 'deferred')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<Option<i64>, _>("t"))
+    }
+
+    async fn record_results(&self, results: &[RecipientResult]) -> Result<Vec<MessageId>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in results {
+            let id = r.message_id.to_string();
+            let status = r.outcome.status();
+            let next = match &r.outcome {
+                Outcome::Deferred { retry_at, .. } => *retry_at,
+                _ => r.at,
+            };
+            sqlx::query(
+                "UPDATE recipients SET status = $1, detail = $2, next_attempt = $3,
+                     leased_until = NULL, leased_by = NULL, warned = GREATEST(warned, $4)
+                 WHERE message_id = $5 AND idx = $6 AND status IN ('queued', 'deferred')",
+            )
+            .bind(status.kind())
+            .bind(status.detail())
+            .bind(next)
+            .bind(r.warned as i32)
+            .bind(&id)
+            .bind(r.idx as i32)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(
+                &mut tx,
+                &id,
+                Some(&r.address),
+                status.kind(),
+                status.detail(),
+                r.at,
+            )
+            .await?;
+        }
+        let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
+        ids.sort();
+        ids.dedup();
+        let mut finished = Vec::new();
+        for id in ids {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM recipients WHERE message_id = $1 AND status IN ('queued', 'deferred')",
+            )
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            if pending == 0 {
+                // The body goes in the same transaction that makes the
+                // message final: nothing to sweep later.
+                sqlx::query("DELETE FROM bodies WHERE message_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                finished.push(id);
+            }
+        }
+        tx.commit().await?;
+        Ok(finished)
+    }
+
+    async fn list_messages(&self, limit: usize) -> Result<Vec<QueuedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, sender, created_at, size FROM messages m
+             WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+                           AND r.status IN ('queued', 'deferred'))
+             ORDER BY id LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.extend(self.load_message(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<QueuedMessage>> {
+        let row = sqlx::query("SELECT id, sender, created_at, size FROM messages WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => self.load_message(row).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT at, recipient, kind, detail FROM events WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventRecord {
+                at: r.get("at"),
+                recipient: r.get("recipient"),
+                kind: r.get("kind"),
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+
+    async fn delete_message(&self, id: MessageId) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM messages WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if deleted {
+            insert_event(
+                &mut tx,
+                &id.to_string(),
+                None,
+                "deleted",
+                None,
+                tern_core::unix_now(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64> {
+        let q = match id {
+            Some(id) => sqlx::query(
+                "UPDATE recipients SET next_attempt = $1 WHERE message_id = $2 AND status IN ('queued', 'deferred')",
+            )
+            .bind(now)
+            .bind(id.to_string()),
+            None => sqlx::query(
+                "UPDATE recipients SET next_attempt = $1 WHERE status IN ('queued', 'deferred')",
+            )
+            .bind(now),
+        };
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
+        let chunks: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM bodies WHERE message_id = $1 ORDER BY seq")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        if chunks.is_empty() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no body for {id}"),
+            )));
+        }
+        Ok(chunks.concat())
+    }
+
+    async fn sweep(&self) -> Result<usize> {
+        // Bodies are committed and released in the same transactions as
+        // their rows, so a crash leaves nothing behind to sweep.
+        Ok(0)
+    }
+
+    async fn add_user(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
+        let r =
+            sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(password_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("user {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
+                .bind(password_hash)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    async fn user_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn list_users(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+}
