@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod fake_smtp;
+pub mod node;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,11 +7,11 @@
 //! once). The schedule: 1m, 5m, 15m, 30m, 1h, 2h, 4h, then every 4h,
 //! expiring after 5 days by default.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_core::{Address, Envelope, RetryPolicy};
+use tern_core::{Address, Envelope, MessageId, RetryPolicy};
 use tern_delivery::{Attempt, Job, Transport};
 use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
 use tokio::sync::{watch, Semaphore};
@@ -38,6 +38,9 @@ pub struct Scheduler {
     queue: Queue,
     transport: Arc<dyn Transport>,
     config: SchedulerConfig,
+    /// Recipients claimed by this node whose attempt has not ended: the
+    /// leases the renewer keeps alive.
+    inflight: Mutex<BTreeSet<(MessageId, u32)>>,
 }
 
 impl Scheduler {
@@ -46,6 +49,7 @@ impl Scheduler {
             queue,
             transport,
             config,
+            inflight: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -70,7 +74,13 @@ impl Scheduler {
                             let permit = slots.clone().acquire_owned().await.expect("open");
                             let this = this.clone();
                             running.spawn(async move {
+                                let keys: Vec<_> =
+                                    job.iter().map(|d| (d.message_id, d.idx)).collect();
                                 this.attempt(job).await;
+                                let mut inflight = this.inflight.lock().expect("not poisoned");
+                                for k in keys {
+                                    inflight.remove(&k);
+                                }
                                 drop(permit);
                             });
                         }
@@ -103,6 +113,10 @@ impl Scheduler {
             .store()
             .claim_due(now, lease_until, &self.config.policy, max_jobs * 8)
             .await?;
+        self.inflight
+            .lock()
+            .expect("not poisoned")
+            .extend(due.iter().map(|d| (d.message_id, d.idx)));
         let mut by_message: BTreeMap<_, Vec<DueRecipient>> = BTreeMap::new();
         for d in due {
             by_message
@@ -233,8 +247,19 @@ impl Scheduler {
                 }
             }
         }
-        if let Err(e) = self.store().record_results(&results).await {
-            tracing::error!(id = %first.message_id, error = %e, "cannot record delivery results");
+        // The store may be away for a moment (a database restart): try a
+        // few times. If it stays away the lease runs out and the attempt is
+        // made again: at least once, never lost.
+        let mut wait = Duration::from_millis(500);
+        for _ in 0..6 {
+            match self.store().record_results(&results).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(id = %first.message_id, error = %e, "cannot record delivery results; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
         }
     }
 
@@ -306,7 +331,14 @@ async fn renew_leases(scheduler: Arc<Scheduler>) {
     loop {
         tick.tick().await;
         let until = tern_core::unix_now() + scheduler.config.lease.as_secs() as i64;
-        if let Err(e) = scheduler.store().renew_leases(until).await {
+        let keys: Vec<_> = scheduler
+            .inflight
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect();
+        if let Err(e) = scheduler.store().renew_leases(until, &keys).await {
             tracing::warn!(error = %e, "cannot renew leases");
         }
     }

@@ -61,8 +61,10 @@ pub trait Store: Send + Sync + 'static {
     /// process can no longer be delivering.
     async fn release_leases(&self) -> Result<u64>;
 
-    /// Extends this node's leases to `until` while its attempts run.
-    async fn renew_leases(&self, until: i64) -> Result<u64>;
+    /// Extends this node's leases on these recipients (its attempts still
+    /// running) to `until`. Leases of attempts that ended without their
+    /// result being recorded are left to run out, so the work is retried.
+    async fn renew_leases(&self, until: i64, recipients: &[(MessageId, u32)]) -> Result<u64>;
 
     /// The earliest next attempt among pending recipients.
     async fn next_due(&self) -> Result<Option<i64>>;

@@ -248,13 +248,21 @@ impl Store for PgStore {
         .rows_affected())
     }
 
-    async fn renew_leases(&self, until: i64) -> Result<u64> {
+    async fn renew_leases(&self, until: i64, recipients: &[(MessageId, u32)]) -> Result<u64> {
+        if recipients.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = recipients.iter().map(|(id, _)| id.to_string()).collect();
+        let idxs: Vec<i32> = recipients.iter().map(|(_, i)| *i as i32).collect();
         Ok(sqlx::query(
             "UPDATE recipients SET leased_until = $1
-             WHERE leased_by = $2 AND leased_until IS NOT NULL",
+             WHERE leased_by = $2 AND leased_until IS NOT NULL
+               AND (message_id, idx) IN (SELECT * FROM unnest($3::text[], $4::int[]))",
         )
         .bind(until)
         .bind(&self.node)
+        .bind(&ids)
+        .bind(&idxs)
         .execute(&self.pool)
         .await?
         .rows_affected())

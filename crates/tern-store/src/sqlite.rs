@@ -259,14 +259,26 @@ impl Store for SqliteStore {
         Ok(due)
     }
 
-    async fn renew_leases(&self, until: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("UPDATE recipients SET leased_until = ? WHERE leased_until IS NOT NULL")
-                .bind(until)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+    async fn renew_leases(&self, until: i64, recipients: &[(MessageId, u32)]) -> Result<u64> {
+        if recipients.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut n = 0;
+        for (id, idx) in recipients {
+            n += sqlx::query(
+                "UPDATE recipients SET leased_until = ?
+                 WHERE message_id = ? AND idx = ? AND leased_until IS NOT NULL",
+            )
+            .bind(until)
+            .bind(id.to_string())
+            .bind(*idx as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn release_leases(&self) -> Result<u64> {

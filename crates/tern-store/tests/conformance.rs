@@ -339,7 +339,9 @@ async fn postgres_leases_belong_to_their_node() {
         .await
         .unwrap();
     let policy = RetryPolicy::default();
-    a.commit_message(message(&["x@x.test"], 100)).await.unwrap();
+    let m = message(&["x@x.test"], 100);
+    let id = m.id;
+    a.commit_message(m).await.unwrap();
     assert_eq!(a.claim_due(100, 1_000, &policy, 10).await.unwrap().len(), 1);
     // B neither sees A's in-flight work nor can release A's lease ...
     assert_eq!(b.release_leases().await.unwrap(), 0);
@@ -349,7 +351,14 @@ async fn postgres_leases_belong_to_their_node() {
         .unwrap()
         .is_empty());
     // ... and A renews it while its attempt runs.
-    assert_eq!(a.renew_leases(2_000).await.unwrap(), 1);
+    let claimed = a.get_message(id).await.unwrap().unwrap();
+    assert_eq!(claimed.recipients.len(), 1);
+    assert_eq!(a.renew_leases(2_000, &[(id, 0)]).await.unwrap(), 1);
+    assert_eq!(
+        b.renew_leases(9_000, &[(id, 0)]).await.unwrap(),
+        0,
+        "not B's lease"
+    );
     assert!(b
         .claim_due(1_500, 3_000, &policy, 10)
         .await
