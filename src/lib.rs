@@ -108,6 +108,7 @@ impl Server {
                 workers: config.queue.workers,
                 poll: Duration::from_secs(1),
                 lease: config.queue.lease.0,
+                group_by_domain: config.delivery.relay.is_none(),
             },
         );
         let mut tasks = vec![tokio::spawn(scheduler.run(shutdown_rx.clone()))];

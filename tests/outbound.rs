@@ -532,20 +532,24 @@ async fn smtputf8_and_8bitmime_are_respected() {
 }
 
 #[tokio::test]
-async fn smarthost_with_auth_over_starttls() {
+async fn smarthost_with_auth_over_verified_starttls() {
     let port = free_port(&[ip(MX1)]);
-    // No DNS entry for the recipient's domain: the relay takes everything.
-    let dns = TestDns::start("").await;
+    // Only the relay's name is in DNS: the relay takes every domain.
+    let dns = TestDns::start("relay.remote.test A 127.0.0.2\n").await;
     let script = Script {
         starttls: true,
         auth: Some(("relayuser".into(), "relaypass".into())),
         ..Script::default()
     };
     let relay = FakeSmtp::start(ip(MX1), port, script).await;
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), common::fake_smtp::tls_cert_pem()).unwrap();
+    let ca_path = ca.path().to_path_buf();
     let t = tern(&dns, 25, |c| {
-        c.delivery.relay = Some(format!("{MX1}:{port}"));
+        c.delivery.relay = Some(format!("relay.remote.test:{port}"));
         c.delivery.relay_username = Some("relayuser".into());
         c.delivery.relay_password = Some("relaypass".into());
+        c.delivery.relay_ca_file = Some(ca_path);
     })
     .await;
     submit(
@@ -556,14 +560,45 @@ async fn smarthost_with_auth_over_starttls() {
     .await;
     let got = relay.wait_received(1, 15).await;
     assert!(got[0].tls);
-    let mut rcpts: Vec<String> = relay
-        .received()
-        .iter()
-        .flat_map(|r| r.rcpt_to.clone())
-        .collect();
-    rcpts.sort();
-    assert_eq!(rcpts, ["pat@gmail.example", "quinn@outlook.example"]);
+    // One transaction for the whole message, whatever the domains.
+    assert_eq!(
+        got[0].rcpt_to,
+        ["pat@gmail.example", "quinn@outlook.example"]
+    );
     assert!(relay.violations().is_empty(), "{:?}", relay.violations());
+}
+
+#[tokio::test]
+async fn relay_with_an_untrusted_certificate_gets_no_credentials() {
+    let port = free_port(&[ip(MX1)]);
+    let dns = TestDns::start("relay.remote.test A 127.0.0.2\n").await;
+    let script = Script {
+        starttls: true,
+        auth: Some(("relayuser".into(), "relaypass".into())),
+        ..Script::default()
+    };
+    let relay = FakeSmtp::start(ip(MX1), port, script).await;
+    let t = tern(&dns, 25, |c| {
+        c.delivery.relay = Some(format!("relay.remote.test:{port}"));
+        c.delivery.relay_username = Some("relayuser".into());
+        c.delivery.relay_password = Some("relaypass".into());
+    })
+    .await;
+    let id = submit(
+        &t,
+        &["pat@gmail.example"],
+        "Subject: via relay\r\n\r\nx\r\n",
+    )
+    .await;
+    // The self-signed certificate fails verification: the message waits,
+    // and the password never crosses the wire.
+    wait_history(&t, &id, "deferred pat@gmail.example 451").await;
+    assert!(
+        relay.commands().iter().all(|c| !c.starts_with("AUTH")),
+        "{:?}",
+        relay.commands()
+    );
+    assert!(relay.received().is_empty());
 }
 
 /// Tools CI installs: missing there is a failure, on a developer's machine a skip.

@@ -232,6 +232,12 @@ pub struct DeliveryConfig {
     pub relay_password: Option<String>,
     /// The relay expects TLS from the first byte (port 465).
     pub relay_implicit_tls: bool,
+    /// Check the relay's certificate against the public roots (and
+    /// `relay_ca_file`). Only for a relay: an MX found by DNS has no name
+    /// that can be checked without DANE or MTA-STS.
+    pub relay_verify_certificate: bool,
+    /// An extra PEM certificate (or CA) to trust for the relay.
+    pub relay_ca_file: Option<PathBuf>,
     pub connect_timeout: HumanDuration,
     /// Wait for the greeting and each command's reply (RFC 5321 4.5.3.2: 5 minutes).
     pub command_timeout: HumanDuration,
@@ -255,6 +261,8 @@ impl Default for DeliveryConfig {
             relay_username: None,
             relay_password: None,
             relay_implicit_tls: false,
+            relay_verify_certificate: true,
+            relay_ca_file: None,
             connect_timeout: HumanDuration(Duration::from_secs(30)),
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(600)),
@@ -519,11 +527,41 @@ impl Config {
                 "set both relay_username and relay_password, or neither".into(),
             ));
         }
-        if d.max_connections == 0 || d.max_connections_per_domain == 0 {
+        if d.relay.is_none()
+            && (d.relay_implicit_tls || d.relay_username.is_some() || d.relay_ca_file.is_some())
+        {
+            return Err(invalid(
+                "delivery.relay",
+                "relay_* settings are set but there is no relay = \"host:port\"".into(),
+            ));
+        }
+        if let Some(h) = &d.helo_name {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "delivery.helo_name",
+                    "must be a host name without spaces".into(),
+                ));
+            }
+        }
+        if d.max_connections == 0 {
             return Err(invalid(
                 "delivery.max_connections",
                 "must be at least 1".into(),
             ));
+        }
+        if d.max_connections_per_domain == 0 {
+            return Err(invalid(
+                "delivery.max_connections_per_domain",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(w) = self.queue.delay_warning {
+            if w.0 >= self.queue.expire.0 {
+                return Err(invalid(
+                    "queue.delay_warning",
+                    "must be shorter than queue.expire, or it never fires".into(),
+                ));
+            }
         }
         for (key, t) in [
             ("delivery.connect_timeout", d.connect_timeout),

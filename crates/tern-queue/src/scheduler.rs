@@ -29,6 +29,9 @@ pub struct SchedulerConfig {
     /// How often the store is polled for work made due by another process
     /// (`tern queue retry`) or by time.
     pub poll: Duration,
+    /// One job per message and destination domain (MX delivery), or one
+    /// per message (everything goes through one relay).
+    pub group_by_domain: bool,
     /// How long a claim lasts unless renewed; renewed every third of it
     /// while attempts run.
     pub lease: Duration,
@@ -119,8 +122,13 @@ impl Scheduler {
             .extend(due.iter().map(|d| (d.message_id, d.idx)));
         let mut by_message: BTreeMap<_, Vec<DueRecipient>> = BTreeMap::new();
         for d in due {
+            let domain = if self.config.group_by_domain {
+                d.domain.clone()
+            } else {
+                String::new()
+            };
             by_message
-                .entry((d.message_id, d.domain.clone()))
+                .entry((d.message_id, domain))
                 .or_default()
                 .push(d);
         }

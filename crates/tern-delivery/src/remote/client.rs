@@ -20,6 +20,9 @@ use crate::Attempt;
 /// Longest reply line read, and most lines in one reply.
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 128;
+/// Message data is written in blocks of this size, each with its own
+/// time limit.
+const DATA_BLOCK: usize = 64 * 1024;
 
 /// A reply from the remote server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub enum ClientError {
     Timeout(&'static str),
     Tls(String),
     Protocol(String),
+    /// Tern's own policy stopped short of using this connection.
+    Policy(String),
     /// The server refused at a step that has no per-recipient meaning
     /// (greeting, EHLO, STARTTLS, AUTH).
     Refused {
@@ -67,15 +72,9 @@ impl fmt::Display for ClientError {
             ClientError::Timeout(stage) => write!(f, "timeout waiting for the {stage} reply"),
             ClientError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ClientError::Policy(e) => write!(f, "{e}"),
             ClientError::Refused { stage, reply } => write!(f, "{stage} refused: {reply}"),
         }
-    }
-}
-
-impl ClientError {
-    /// Whether the failure is the remote's permanent "no" (5xx).
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Refused { reply, .. } if reply.is_permanent())
     }
 }
 
@@ -433,9 +432,13 @@ impl SmtpClient {
         }
         let mut wire = Vec::with_capacity(mail.body.len() + 64);
         tern_proto::dot_stuff(mail.body, &mut wire);
-        match timeout(self.timeouts.data, self.write_raw(&wire)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(ClientError::Timeout("DATA block")),
+        // RFC 5321 4.5.3.2.5: the time limit is per block sent, not for the
+        // whole message, so a large message on a slow link still goes.
+        for block in wire.chunks(DATA_BLOCK) {
+            match timeout(self.timeouts.command, self.write_raw(block)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ClientError::Timeout("DATA block")),
+            }
         }
         let final_reply = self
             .read_reply_within("end of data", self.timeouts.data)

@@ -17,12 +17,14 @@ use client::{ClientError, Mail, SmtpClient, Timeouts};
 use pool::Pool;
 
 /// Where a destination's mail is handed over.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Relay {
     host: String,
     port: u16,
     credentials: Option<(String, String)>,
     implicit_tls: bool,
+    /// Checks the relay's certificate (unless configured not to).
+    connector: TlsConnector,
 }
 
 pub struct RemoteDelivery {
@@ -45,15 +47,24 @@ struct Failure {
 impl RemoteDelivery {
     pub fn new(config: &Config) -> Result<RemoteDelivery, String> {
         let d = &config.delivery;
-        let relay = d.relay.as_ref().map(|r| {
-            let (host, port) = r.rsplit_once(':').expect("validated host:port");
-            Relay {
-                host: host.trim_matches(['[', ']']).to_string(),
-                port: port.parse().expect("validated port"),
-                credentials: d.relay_username.clone().zip(d.relay_password.clone()),
-                implicit_tls: d.relay_implicit_tls,
+        let relay = match &d.relay {
+            None => None,
+            Some(r) => {
+                let (host, port) = r.rsplit_once(':').expect("validated host:port");
+                let connector = if d.relay_verify_certificate {
+                    tls::verifying_connector(d.relay_ca_file.as_deref())?
+                } else {
+                    tls::connector()
+                };
+                Some(Relay {
+                    host: host.trim_matches(['[', ']']).to_string(),
+                    port: port.parse().expect("validated port"),
+                    credentials: d.relay_username.clone().zip(d.relay_password.clone()),
+                    implicit_tls: d.relay_implicit_tls,
+                    connector,
+                })
             }
-        });
+        };
         Ok(RemoteDelivery {
             dns: Dns::new(&config.dns)?,
             pool: Pool::new(
@@ -153,18 +164,16 @@ impl RemoteDelivery {
                 }
             },
         };
-        let mut errors = Vec::new();
-        let mut all_permanent = true;
+        let mut errors: Vec<(String, bool)> = Vec::new();
         for host in &hosts {
             let ips = match self.dns.addresses(host).await {
                 Ok(ips) => ips,
                 Err(LookupError::Permanent(t)) => {
-                    errors.push(t);
+                    errors.push((t, true));
                     continue;
                 }
                 Err(LookupError::Temporary(t)) => {
-                    all_permanent = false;
-                    errors.push(t);
+                    errors.push((t, false));
                     continue;
                 }
             };
@@ -172,47 +181,51 @@ impl RemoteDelivery {
                 match self.session(SocketAddr::new(ip, port), host).await {
                     Ok(c) => return Ok(c),
                     Err(e) => {
-                        all_permanent = false;
                         tracing::debug!(%host, %ip, error = %e, "could not use this exchanger");
-                        errors.push(format!("{host}[{ip}]: {e}"));
+                        errors.push((format!("{host}[{ip}]: {e}"), false));
                     }
                 }
             }
         }
-        let text = match errors.last() {
-            Some(last) if errors.len() > 1 => {
-                format!("451 4.4.1 no exchanger for {domain} took the message; last: {last}")
-            }
-            Some(last) => format!("451 4.4.1 {last}"),
-            None => format!("451 4.4.4 no mail exchanger found for {domain}"),
+        let destination = match &self.relay {
+            Some(r) => format!("relay {}", r.host),
+            None => domain.to_string(),
         };
-        // Only "no such host" everywhere is permanent; a refused or failed
-        // connection may work later.
-        Err(Failure {
-            permanent: all_permanent && !errors.is_empty(),
-            text: if all_permanent && !errors.is_empty() {
-                errors.last().cloned().unwrap_or(text)
-            } else {
-                text
-            },
-        })
+        // Only "no such host" for every exchanger is permanent: a refused or
+        // failed connection may work later, and so may a relay's name (an
+        // operator's typo must not bounce all outbound mail).
+        let permanent =
+            self.relay.is_none() && !errors.is_empty() && errors.iter().all(|(_, p)| *p);
+        let text = match errors.as_slice() {
+            [] => format!("451 4.4.4 no mail exchanger found for {destination}"),
+            [(only, _)] if has_reply_code(only) => only.clone(),
+            [(only, _)] => format!("451 4.4.1 {only}"),
+            [.., (last, _)] => {
+                format!("451 4.4.1 no exchanger for {destination} took the message; last: {last}")
+            }
+        };
+        let text = match errors.last() {
+            Some((last, _)) if permanent => last.clone(),
+            _ => text,
+        };
+        Err(Failure { text, permanent })
     }
 
     /// One connection made ready for MAIL: greeting, EHLO, STARTTLS per
     /// policy, AUTH for the relay.
     async fn session(&self, addr: SocketAddr, host: &str) -> Result<SmtpClient, ClientError> {
+        let connector = self
+            .relay
+            .as_ref()
+            .map(|r| &r.connector)
+            .unwrap_or(&self.connector);
         let implicit = self.relay.as_ref().is_some_and(|r| r.implicit_tls);
-        let mut c = SmtpClient::connect(
-            addr,
-            host,
-            self.timeouts,
-            implicit.then_some(&self.connector),
-        )
-        .await?;
+        let mut c =
+            SmtpClient::connect(addr, host, self.timeouts, implicit.then_some(connector)).await?;
         c.hello(&self.helo).await?;
         if !c.is_tls() && self.tls != TlsPolicy::None {
             if c.extensions().starttls {
-                match c.starttls(&self.connector, host, &self.helo).await {
+                match c.starttls(connector, host, &self.helo).await {
                     Ok(tls) => c = tls,
                     Err(e) if self.tls == TlsPolicy::Required => return Err(e),
                     Err(e) => {
@@ -224,14 +237,14 @@ impl RemoteDelivery {
                     }
                 }
             } else if self.tls == TlsPolicy::Required {
-                return Err(ClientError::Tls(format!(
+                return Err(ClientError::Policy(format!(
                     "TLS is required but {host} does not offer STARTTLS"
                 )));
             }
         }
         if let Some((user, pass)) = self.relay.as_ref().and_then(|r| r.credentials.as_ref()) {
             if !c.is_tls() && self.tls != TlsPolicy::None {
-                return Err(ClientError::Tls(format!(
+                return Err(ClientError::Policy(format!(
                     "not sending relay credentials to {host} without TLS"
                 )));
             }
@@ -239,4 +252,11 @@ impl RemoteDelivery {
         }
         Ok(c)
     }
+}
+
+/// Whether a text already starts with an SMTP reply code.
+fn has_reply_code(text: &str) -> bool {
+    text.len() > 4
+        && text.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+        && text.as_bytes()[3] == b' '
 }
