@@ -1,6 +1,7 @@
 //! Tern's wiring: start every part of the server from a `Config`, and stop
 //! it again. The CLI in `main.rs` and the integration tests both use this.
 
+pub mod bench;
 pub mod cli;
 
 use std::net::SocketAddr;

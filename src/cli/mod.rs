@@ -37,6 +37,8 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// Send one message to an SMTP server (a client for scripts).
     Send(send::SendArgs),
+    /// Load an SMTP server and measure it, or run a counting sink.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Reads the configuration: the given path, else `./tern.toml` when present,
@@ -65,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue::run(&config, cmd).await
         }
         Command::Send(args) => send::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 

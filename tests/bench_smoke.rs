@@ -1,0 +1,50 @@
+//! A small end-to-end run of the benchmark tools, so they keep working:
+//! `tern bench` loads a Tern server that relays everything to
+//! `tern bench sink`, and both report the same count.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::node::{text, BIN};
+use common::*;
+use tern_core::config::HumanDuration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_through_tern_to_the_sink() {
+    let port = common::fake_smtp::free_port(&["127.0.0.1".parse().unwrap()]);
+    let sink = tokio::process::Command::new(BIN)
+        .args(["bench", "sink", "--listen", &format!("127.0.0.1:{port}"), "--expect", "300", "--quiet"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let t = TestServer::start_with(move |c| {
+        c.delivery.relay = Some(format!("127.0.0.1:{port}"));
+        c.delivery.tls = tern_core::TlsPolicy::None;
+        c.delivery.relay_verify_certificate = false;
+        c.queue.retry = vec![HumanDuration(Duration::from_secs(1))];
+    })
+    .await;
+    let server = t.smtp_plain_auth().to_string();
+    let auth = format!("{USER}:{PASSWORD}");
+    let bench = tokio::process::Command::new(BIN)
+        .args(["bench", "--server", &server, "--auth", &auth, "--quiet"])
+        .args(["--messages", "300", "--connections", "4", "--size", "2048", "--rcpts", "2"])
+        .args(["--to", "sink@remote.test"])
+        .output()
+        .await
+        .unwrap();
+    let report = text(&bench);
+    assert!(bench.status.success(), "{report}");
+    assert!(report.contains("accepted 300"), "{report}");
+    assert!(report.contains("errors: none"), "{report}");
+    assert!(report.contains("latency MAIL to 250: p50"), "{report}");
+    let done = tokio::time::timeout(Duration::from_secs(60), sink.wait_with_output())
+        .await
+        .expect("the sink got every message")
+        .unwrap();
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(out.contains("received 300 messages"), "{out}");
+}
