@@ -15,7 +15,15 @@ use tern_core::config::HumanDuration;
 async fn bench_through_tern_to_the_sink() {
     let port = common::fake_smtp::free_port(&["127.0.0.1".parse().unwrap()]);
     let sink = tokio::process::Command::new(BIN)
-        .args(["bench", "sink", "--listen", &format!("127.0.0.1:{port}"), "--expect", "300", "--quiet"])
+        .args([
+            "bench",
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--expect",
+            "300",
+            "--quiet",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -31,7 +39,16 @@ async fn bench_through_tern_to_the_sink() {
     let auth = format!("{USER}:{PASSWORD}");
     let bench = tokio::process::Command::new(BIN)
         .args(["bench", "--server", &server, "--auth", &auth, "--quiet"])
-        .args(["--messages", "300", "--connections", "4", "--size", "2048", "--rcpts", "2"])
+        .args([
+            "--messages",
+            "300",
+            "--connections",
+            "4",
+            "--size",
+            "2048",
+            "--rcpts",
+            "2",
+        ])
         .args(["--to", "sink@remote.test"])
         .output()
         .await

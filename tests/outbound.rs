@@ -713,3 +713,25 @@ async fn one_delay_warning_while_retrying() {
     common::eventually(10, || tries() >= before + 2).await;
     assert_eq!(t.mailbox(DOMAIN, "alice").len(), 1);
 }
+
+#[tokio::test]
+async fn a_large_message_goes_out_intact_piece_by_piece() {
+    let port = free_port(&[ip(MX1)]);
+    let dns = TestDns::start(ZONE).await;
+    let fake = FakeSmtp::start(ip(MX1), port, Script::default()).await;
+    let t = tern(&dns, port, |_| {}).await;
+    // 3.5 MB: several storage pieces; lines that start with dots on the way.
+    let mut body = String::from("Subject: large\r\n\r\n");
+    let mut i = 0;
+    while body.len() < 3_500_000 {
+        body.push_str(&format!(".{i:07} {}\r\n", "y".repeat(90)));
+        i += 1;
+    }
+    submit(&t, &["vera@implicit.test", "alice@example.test"], &body).await;
+    let got = fake.wait_received(1, 30).await;
+    let text = String::from_utf8(got[0].data.clone()).unwrap();
+    assert!(text.ends_with(&body), "remote copy differs ({} octets)", text.len());
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    let local = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    assert!(String::from_utf8(local[0].clone()).unwrap().ends_with(&body), "local copy differs");
+}

@@ -2,17 +2,17 @@
 //! result per recipient; deciding what happens next (retry, bounce) is the
 //! queue's job, not theirs.
 
+mod body;
 pub mod directory;
 pub mod dns;
 pub mod maildir;
 pub mod remote;
 mod router;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use tern_core::{Address, MessageId};
 
+pub use body::Body;
 pub use directory::{Directory, Resolution};
 pub use maildir::Maildir;
 pub use router::Router;
@@ -23,7 +23,7 @@ pub struct Job {
     pub id: MessageId,
     /// Empty for the null reverse-path.
     pub sender: String,
-    pub body: Arc<Vec<u8>>,
+    pub body: Body,
     pub recipients: Vec<Address>,
 }
 

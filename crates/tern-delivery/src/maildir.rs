@@ -2,12 +2,15 @@
 //! format Dovecot and every Maildir reader serve: write into `tmp/`, fsync,
 //! rename into `new/`, fsync the directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
 
 use tern_core::Address;
+
+use crate::Body;
 
 pub struct Maildir {
     root: PathBuf,
@@ -21,6 +24,8 @@ pub enum MaildirError {
     BadName(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("reading the message: {0}")]
+    Store(#[from] tern_store::StoreError),
 }
 
 impl Maildir {
@@ -52,53 +57,56 @@ impl Maildir {
     }
 
     /// Delivers one copy, adding Return-Path (RFC 5321 4.4) and Delivered-To
-    /// in front. Blocking: call from a blocking thread.
-    pub fn deliver(
+    /// in front, copying the body piece by piece.
+    pub async fn deliver(
         &self,
         sender: &str,
         rcpt: &Address,
-        body: &[u8],
+        body: &Body,
     ) -> Result<PathBuf, MaildirError> {
         let dir = self.mailbox_dir(rcpt)?;
         if !dir.join("new").is_dir() {
-            self.create_mailbox(&dir)?;
+            let this_dir = dir.clone();
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || create_mailbox(&root, &this_dir))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
         }
-        let name = self.unique_name(body.len());
+        let name = self.unique_name(body.size());
         let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let result: Result<(), MaildirError> = async {
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .await?;
             let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
-            f.write_all(head.as_bytes())?;
-            f.write_all(body)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &new)?;
-            sync_dir(&dir.join("new"))
-        })();
+            f.write_all(head.as_bytes()).await?;
+            let mut i = 0;
+            while let Some(chunk) = body.chunk(i).await? {
+                f.write_all(&chunk).await?;
+                i += 1;
+            }
+            f.sync_data().await?;
+            tokio::fs::rename(&tmp, &new).await?;
+            let new_dir = dir.join("new");
+            tokio::task::spawn_blocking(move || sync_dir(&new_dir))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            Ok(())
+        }
+        .await;
         if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
         }
         Ok(new)
     }
 
-    /// Creates a mailbox and makes its directory entries durable, so that a
-    /// delivery reported done survives a crash.
-    fn create_mailbox(&self, dir: &Path) -> std::io::Result<()> {
-        for sub in ["tmp", "new", "cur"] {
-            fs::create_dir_all(dir.join(sub))?;
-        }
-        sync_dir(dir)?;
-        let mut d = dir.to_path_buf();
-        while d.pop() && d.starts_with(&self.root) {
-            sync_dir(&d)?;
-        }
-        Ok(())
-    }
-
     /// `time.M<usec>P<pid>Q<n>.host,S=<size>`: unique per delivery (the
     /// Maildir naming convention, with Dovecot's S= size hint).
-    fn unique_name(&self, size: usize) -> String {
+    fn unique_name(&self, size: u64) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -116,6 +124,20 @@ impl Maildir {
     }
 }
 
+/// Creates a mailbox and makes its directory entries durable, so that a
+/// delivery reported done survives a crash.
+fn create_mailbox(root: &Path, dir: &Path) -> std::io::Result<()> {
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    sync_dir(dir)?;
+    let mut d = dir.to_path_buf();
+    while d.pop() && d.starts_with(root) {
+        sync_dir(&d)?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -124,13 +146,22 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn delivers_into_new_with_return_path() {
+    fn body(b: &[u8]) -> Body {
+        Body::Memory(std::sync::Arc::new(b.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn delivers_into_new_with_return_path() {
         let tmp = tempfile::tempdir().unwrap();
         let md = Maildir::new(tmp.path().to_path_buf(), "mx.test");
         let rcpt = Address::parse("Alice@Example.com").unwrap();
         let path = md
-            .deliver("bob@remote.test", &rcpt, b"Subject: hi\r\n\r\nbody\r\n")
+            .deliver(
+                "bob@remote.test",
+                &rcpt,
+                &body(b"Subject: hi\r\n\r\nbody\r\n"),
+            )
+            .await
             .unwrap();
         assert!(path.starts_with(tmp.path().join("example.com/alice/new")));
         let text = fs::read_to_string(&path).unwrap();
@@ -145,13 +176,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn refuses_unsafe_names() {
+    #[tokio::test]
+    async fn refuses_unsafe_names() {
         let tmp = tempfile::tempdir().unwrap();
         let md = Maildir::new(tmp.path().to_path_buf(), "mx.test");
         for bad in ["../x@example.com", ".hidden@example.com", "a/b@example.com"] {
             let rcpt = Address::parse(bad).unwrap();
-            assert!(md.deliver("", &rcpt, b"x\r\n").is_err(), "{bad}");
+            assert!(
+                md.deliver("", &rcpt, &body(b"x\r\n")).await.is_err(),
+                "{bad}"
+            );
         }
     }
 }

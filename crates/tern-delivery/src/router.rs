@@ -27,19 +27,14 @@ impl Router {
     }
 
     async fn deliver_local(&self, job: &Job, rcpt: &Address) -> Attempt {
-        let maildir = self.maildir.clone();
-        let (sender, rcpt, body) = (job.sender.clone(), rcpt.clone(), job.body.clone());
-        let result =
-            tokio::task::spawn_blocking(move || maildir.deliver(&sender, &rcpt, &body)).await;
-        match result {
-            Ok(Ok(path)) => Attempt::Delivered(format!(
+        match self.maildir.deliver(&job.sender, rcpt, &job.body).await {
+            Ok(path) => Attempt::Delivered(format!(
                 "250 2.0.0 delivered to maildir ({})",
                 path.display()
             )),
-            Ok(Err(crate::maildir::MaildirError::BadName(name))) => {
+            Err(crate::maildir::MaildirError::BadName(name)) => {
                 Attempt::Permanent(format!("550 5.1.3 mailbox name {name:?} is not usable"))
             }
-            Ok(Err(e)) => Attempt::Temporary(format!("451 4.3.0 local delivery failed: {e}")),
             Err(e) => Attempt::Temporary(format!("451 4.3.0 local delivery failed: {e}")),
         }
     }

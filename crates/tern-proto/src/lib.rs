@@ -22,4 +22,4 @@ pub use sasl::{
     decode_base64, decode_login_field, decode_plain, is_cancel, PlainCredentials, SaslError,
     LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE,
 };
-pub use stuff::dot_stuff;
+pub use stuff::{dot_stuff, Stuffer};

@@ -3,41 +3,64 @@
 //! only, so Tern never sends a bare CR or LF: the bytes a smuggling attack
 //! needs (`\n.\n`, `\r.\r`, ...) cannot leave this function.
 
+/// Dot-stuffs a body that arrives in pieces: the state between pieces is
+/// whether the next octet starts a line and whether a CR is pending.
+#[derive(Debug, Default)]
+pub struct Stuffer {
+    mid_line: bool,
+    pending_cr: bool,
+}
+
+impl Stuffer {
+    pub fn new() -> Stuffer {
+        Stuffer::default()
+    }
+
+    /// Appends the stuffed form of `chunk` to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        out.reserve(chunk.len() + chunk.len() / 64 + 2);
+        for &b in chunk {
+            if self.pending_cr {
+                self.pending_cr = false;
+                // CRLF is one line end; a lone CR becomes one too.
+                out.extend_from_slice(b"\r\n");
+                self.mid_line = false;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.mid_line = false;
+                }
+                _ => {
+                    if !self.mid_line && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.mid_line = true;
+                }
+            }
+        }
+    }
+
+    /// Ends the body: a last line without its CRLF gets one, then `.\r\n`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.pending_cr || self.mid_line {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
 /// Appends `body`, dot-stuffed and with every line ending normalised to
 /// CRLF, then the end-of-data line `.\r\n`, to `out`.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
-    out.reserve(body.len() + body.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        match b {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                // CRLF is one line end; a lone CR becomes one too.
-                if body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                at_line_start = true;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                at_line_start = true;
-            }
-            _ => {
-                out.push(b);
-                at_line_start = false;
-            }
-        }
-        i += 1;
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut s = Stuffer::new();
+    s.push(body, out);
+    s.finish(out);
 }
 
 #[cfg(test)]
@@ -83,6 +106,20 @@ mod tests {
             let mut got = Vec::new();
             assert_eq!(reader.feed(&out, &mut got), Some(out.len()), "{body:?}");
             assert!(reader.error().is_none());
+        }
+    }
+
+    #[test]
+    fn pieces_give_the_same_result_as_the_whole() {
+        let body = b"a\r\n.b\r\n\r\n..c\rd\ne\r\n.";
+        let whole = stuffed(body);
+        for split in 0..body.len() {
+            let mut s = Stuffer::new();
+            let mut out = Vec::new();
+            s.push(&body[..split], &mut out);
+            s.push(&body[split..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, whole, "split at {split}");
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_core::{Address, Envelope, MessageId, RetryPolicy};
-use tern_delivery::{Attempt, Job, Transport};
+use tern_delivery::{Attempt, Body, Job, Transport};
 use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -139,37 +139,22 @@ impl Scheduler {
         self.queue.store()
     }
 
-    /// One attempt at one message for the given recipients.
+    /// One attempt at one message for the given recipients. The body is
+    /// read by the transport piece by piece, never whole.
     async fn attempt(&self, due: Vec<DueRecipient>) {
         let first = &due[0];
-        let id = first.message_id;
-        let body = match self.store().read_body(id).await {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                tracing::error!(%id, error = %e, "cannot read the message body");
-                let at = tern_core::unix_now();
-                let results: Vec<_> = due
-                    .iter()
-                    .map(|d| {
-                        self.result(
-                            d,
-                            Attempt::Temporary(format!("451 4.3.0 body unreadable: {e}")),
-                            at,
-                        )
-                    })
-                    .collect();
-                self.record(&due, results, &[]).await;
-                return;
-            }
-        };
         let recipients: Vec<Address> = due
             .iter()
             .map(|d| Address::parse(&d.address).expect("stored addresses were validated"))
             .collect();
         let job = Job {
-            id,
+            id: first.message_id,
             sender: first.sender.clone(),
-            body: body.clone(),
+            body: Body::Stored {
+                store: self.store().clone(),
+                id: first.message_id,
+                size: first.size,
+            },
             recipients,
         };
         let attempts = self.transport.deliver(&job).await;
@@ -179,7 +164,7 @@ impl Scheduler {
             .zip(attempts)
             .map(|(d, a)| self.result(d, a, at))
             .collect();
-        self.record(&due, results, &body).await;
+        self.record(&due, results).await;
     }
 
     /// Turns a transport's answer into the stored outcome: retry on schedule
@@ -225,12 +210,12 @@ impl Scheduler {
     /// recipients deferred too long), then stores the results. Reports are
     /// queued first: a crash in between costs a duplicate report, never a
     /// lost one. A message with the null sender is never reported on.
-    async fn record(&self, due: &[DueRecipient], mut results: Vec<RecipientResult>, body: &[u8]) {
+    async fn record(&self, due: &[DueRecipient], mut results: Vec<RecipientResult>) {
         let first = &due[0];
         if !first.sender.is_empty() {
             let failed =
                 self.report_list(&results, |_, r| matches!(r.outcome, Outcome::Failed { .. }));
-            if !failed.is_empty() && !self.report(first, Report::Failed, &failed, body).await {
+            if !failed.is_empty() && !self.report(first, Report::Failed, &failed).await {
                 return;
             }
             let policy = &self.config.policy;
@@ -246,7 +231,7 @@ impl Scheduler {
                 let list = self.report_list(&results, |i, _| delayed.contains(&i));
                 let retry_until = first.created_at + policy.expire.as_secs() as i64;
                 if self
-                    .report(first, Report::Delayed { retry_until }, &list, body)
+                    .report(first, Report::Delayed { retry_until }, &list)
                     .await
                 {
                     for i in delayed {
@@ -294,13 +279,7 @@ impl Scheduler {
     /// Queues one report to the sender of `d`'s message; false when it
     /// could not be queued (the results then stay unrecorded and the
     /// attempt is repeated at its next time).
-    async fn report(
-        &self,
-        d: &DueRecipient,
-        report: Report,
-        list: &[(String, String)],
-        body: &[u8],
-    ) -> bool {
+    async fn report(&self, d: &DueRecipient, report: Report, list: &[(String, String)]) -> bool {
         let Ok(to) = Address::parse(&d.sender) else {
             return true;
         };
@@ -308,6 +287,12 @@ impl Scheduler {
             .iter()
             .map(|(address, reason)| ReportedRecipient { address, reason })
             .collect();
+        // The report returns the original headers: the first piece of the
+        // body holds them (a header block over 1 MiB is cut there).
+        let body = match self.store().body_chunk(d.message_id, 0).await {
+            Ok(Some(b)) => b,
+            Ok(None) | Err(_) => Vec::new(),
+        };
         let dsn = build_dsn(
             &self.config.hostname,
             d.message_id,
@@ -315,7 +300,7 @@ impl Scheduler {
             d.created_at,
             report,
             &recipients,
-            body,
+            &body,
         );
         let envelope = Envelope {
             sender: None,

@@ -33,6 +33,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The size of the pieces bodies are read (and, in PostgreSQL, stored) in.
+pub const BODY_CHUNK: usize = 1 << 20;
+
 /// Everything Tern keeps. Each method is all-or-nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -85,7 +88,21 @@ pub trait Store: Send + Sync + 'static {
 
     // --- bodies ---
 
-    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>>;
+    /// Piece `index` of a body (pieces of at most `BODY_CHUNK` octets), or
+    /// `None` past its end; a body that does not exist is an error. Bodies
+    /// are read this way so a large one is never held whole.
+    async fn body_chunk(&self, id: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
+
+    /// A whole body, for callers that need it whole (tests, tools).
+    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut i = 0;
+        while let Some(chunk) = self.body_chunk(id, i).await? {
+            body.extend_from_slice(&chunk);
+            i += 1;
+        }
+        Ok(body)
+    }
 
     /// Removes what a crash left half-written: bodies with no committed
     /// message. Run at start-up, before anything is accepted.

@@ -18,8 +18,6 @@ use crate::{Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Bodies are stored in pieces of this size.
-const CHUNK: usize = 1 << 20;
 /// Most commits taken into one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -120,7 +118,13 @@ async fn commit_batch(pool: &PgPool, batch: &[Commit]) -> Result<()> {
             .bind(&m.auth_user)
             .execute(&mut *tx)
             .await?;
-        for (seq, chunk) in m.body.chunks(CHUNK).enumerate() {
+        // An empty body is one empty piece, so that piece 0 always exists.
+        let pieces: Vec<&[u8]> = if m.body.is_empty() {
+            vec![&[]]
+        } else {
+            m.body.chunks(crate::BODY_CHUNK).collect()
+        };
+        for (seq, chunk) in pieces.into_iter().enumerate() {
             sqlx::query("INSERT INTO bodies (message_id, seq, data) VALUES ($1, $2, $3)")
                 .bind(&id)
                 .bind(seq as i32)
@@ -192,7 +196,7 @@ impl Store for PgStore {
         // over, not waited for; the lease keeps them from being claimed
         // again once that node commits.
         let rows = sqlx::query(
-            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at
+            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
              FROM recipients r JOIN messages m ON m.id = r.message_id
              WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= $1
                AND (r.leased_until IS NULL OR r.leased_until <= $1)
@@ -217,6 +221,7 @@ impl Store for PgStore {
                 created_at: r.get("created_at"),
                 attempts: r.get::<i32, _>("attempts") as u32,
                 warned: r.get::<i32, _>("warned") != 0,
+                size: r.get::<i64, _>("size") as u64,
             };
             let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
             sqlx::query(
@@ -421,19 +426,20 @@ impl Store for PgStore {
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 
-    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
-        let chunks: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM bodies WHERE message_id = $1 ORDER BY seq")
+    async fn body_chunk(&self, id: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
+        let chunk: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM bodies WHERE message_id = $1 AND seq = $2")
                 .bind(id.to_string())
-                .fetch_all(&self.pool)
+                .bind(index as i32)
+                .fetch_optional(&self.pool)
                 .await?;
-        if chunks.is_empty() {
+        if chunk.is_none() && index == 0 {
             return Err(StoreError::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("no body for {id}"),
             )));
         }
-        Ok(chunks.concat())
+        Ok(chunk)
     }
 
     async fn sweep(&self) -> Result<usize> {

@@ -48,8 +48,18 @@ impl Spool {
         File::open(&self.dir)?.sync_all()
     }
 
-    pub fn read(&self, id: MessageId) -> std::io::Result<Vec<u8>> {
-        fs::read(self.path(id))
+    /// Piece `index` of a body, or `None` past its end.
+    pub fn read_chunk(&self, id: MessageId, index: u32) -> std::io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(self.path(id))?;
+        let len = f.metadata()?.len();
+        let offset = index as u64 * crate::BODY_CHUNK as u64;
+        if offset >= len && index > 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; (len - offset.min(len)).min(crate::BODY_CHUNK as u64) as usize];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(Some(buf))
     }
 
     pub fn remove(&self, id: MessageId) {

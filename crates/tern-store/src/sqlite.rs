@@ -215,7 +215,7 @@ impl Store for SqliteStore {
         // both claim the same rows.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
-            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at
+            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
              FROM recipients r JOIN messages m ON m.id = r.message_id
              WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?
                AND (r.leased_until IS NULL OR r.leased_until <= ?)
@@ -240,6 +240,7 @@ impl Store for SqliteStore {
                 created_at: r.get("created_at"),
                 attempts: r.get::<i64, _>("attempts") as u32,
                 warned: r.get::<i64, _>("warned") != 0,
+                size: r.get::<i64, _>("size") as u64,
             };
             let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
             sqlx::query(
@@ -438,11 +439,13 @@ impl Store for SqliteStore {
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 
-    async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
+    async fn body_chunk(&self, id: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
         let spool = self.spool.clone();
-        Ok(tokio::task::spawn_blocking(move || spool.read(id))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??)
+        Ok(
+            tokio::task::spawn_blocking(move || spool.read_chunk(id, index))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??,
+        )
     }
 
     async fn sweep(&self) -> Result<usize> {

@@ -24,6 +24,8 @@ pub struct DueRecipient {
     pub attempts: u32,
     /// A delay warning was already sent for this recipient.
     pub warned: bool,
+    /// The message's size in octets.
+    pub size: u64,
 }
 
 /// What an attempt did for one recipient.

@@ -276,10 +276,10 @@ impl SmtpClient {
     pub async fn send_mail(&mut self, mail: &Mail<'_>) -> (Vec<Attempt>, bool) {
         let n = mail.recipients.len();
         if let Some(max) = self.ext.size.filter(|m| *m > 0) {
-            if mail.body.len() as u64 > max {
+            if mail.body.size() > max {
                 let why = format!(
                     "552 5.3.4 message of {} octets is larger than the {max} that {} accepts",
-                    mail.body.len(),
+                    mail.body.size(),
                     self.peer
                 );
                 return (vec![Attempt::Permanent(why); n], true);
@@ -292,8 +292,18 @@ impl SmtpClient {
             );
             return (vec![Attempt::Permanent(why); n], true);
         }
-        let eight_bit = mail.body.iter().any(|b| *b >= 0x80);
-        if eight_bit && !self.ext.eightbitmime {
+        // Only a server without 8BITMIME needs the body scanned first.
+        let eight_bit = match self.ext.eightbitmime {
+            true => false,
+            false => match mail.body.has_8bit().await {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = format!("451 4.3.0 cannot read the message: {e}");
+                    return (vec![Attempt::Temporary(why); n], true);
+                }
+            },
+        };
+        if eight_bit {
             // RFC 6152 3: 8-bit data only to a server that said 8BITMIME.
             let why = format!(
                 "554 5.6.3 the message has 8-bit data and {} does not support 8BITMIME (RFC 6152)",
@@ -331,9 +341,12 @@ impl SmtpClient {
     ) -> Result<bool, ClientError> {
         let mut mail_cmd = format!("MAIL FROM:<{}>", mail.sender);
         if self.ext.size.is_some() {
-            mail_cmd.push_str(&format!(" SIZE={}", mail.body.len()));
+            mail_cmd.push_str(&format!(" SIZE={}", mail.body.size()));
         }
-        if self.ext.eightbitmime && mail.body.iter().any(|b| *b >= 0x80) {
+        // RFC 6152 2: BODY=8BITMIME may label any message to a server that
+        // offers it, 7-bit or not; saying it always spares reading the body
+        // twice.
+        if self.ext.eightbitmime {
             mail_cmd.push_str(" BODY=8BITMIME");
         }
         if mail.needs_smtputf8 {
@@ -430,15 +443,29 @@ impl SmtpClient {
             self.read_reply("DATA").await?;
             return self.finish_failed(false).await;
         }
-        let mut wire = Vec::with_capacity(mail.body.len() + 64);
-        tern_proto::dot_stuff(mail.body, &mut wire);
+        // The body goes out piece by piece as it is read from the store.
         // RFC 5321 4.5.3.2.5: the time limit is per block sent, not for the
         // whole message, so a large message on a slow link still goes.
-        for block in wire.chunks(DATA_BLOCK) {
-            match timeout(self.timeouts.command, self.write_raw(block)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ClientError::Timeout("DATA block")),
+        let mut stuffer = tern_proto::Stuffer::new();
+        let mut wire = Vec::with_capacity(DATA_BLOCK * 2);
+        let mut index = 0;
+        loop {
+            let chunk = mail
+                .body
+                .chunk(index)
+                .await
+                .map_err(|e| ClientError::Io(format!("cannot read the message: {e}")))?;
+            match chunk {
+                Some(c) => stuffer.push(&c, &mut wire),
+                None => {
+                    stuffer.finish(&mut wire);
+                    self.write_blocks(&wire).await?;
+                    break;
+                }
             }
+            index += 1;
+            self.write_blocks(&wire).await?;
+            wire.clear();
         }
         let final_reply = self
             .read_reply_within("end of data", self.timeouts.data)
@@ -566,6 +593,16 @@ impl SmtpClient {
         }
     }
 
+    async fn write_blocks(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        for block in data.chunks(DATA_BLOCK) {
+            match timeout(self.timeouts.command, self.write_raw(block)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ClientError::Timeout("DATA block")),
+            }
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         match timeout(self.timeouts.command, self.write_raw(data)).await {
             Ok(r) => r,
@@ -598,7 +635,7 @@ pub struct Mail<'a> {
     /// Empty for the null reverse-path.
     pub sender: &'a str,
     pub recipients: &'a [String],
-    pub body: &'a [u8],
+    pub body: &'a crate::Body,
     pub needs_smtputf8: bool,
 }
 

@@ -98,7 +98,7 @@ impl RemoteDelivery {
         domain: &str,
         sender: &str,
         recipients: &[String],
-        body: &[u8],
+        body: &crate::Body,
     ) -> Vec<Attempt> {
         let destination = match &self.relay {
             Some(r) => format!("relay {}:{}", r.host, r.port),
