@@ -120,6 +120,8 @@ impl Server {
             queue,
             directory,
             Authenticator::new(store.clone()),
+            tern_auth::SenderPolicy::new(&config, store.clone()),
+            tern_auth::dkim::Signer::new(store.clone()),
         );
         tasks.push(tokio::spawn(tern_smtp::serve(
             ctx,

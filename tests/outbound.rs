@@ -730,8 +730,17 @@ async fn a_large_message_goes_out_intact_piece_by_piece() {
     submit(&t, &["vera@implicit.test", "alice@example.test"], &body).await;
     let got = fake.wait_received(1, 30).await;
     let text = String::from_utf8(got[0].data.clone()).unwrap();
-    assert!(text.ends_with(&body), "remote copy differs ({} octets)", text.len());
+    assert!(
+        text.ends_with(&body),
+        "remote copy differs ({} octets)",
+        text.len()
+    );
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     let local = t.wait_mailbox(DOMAIN, "alice", 1).await;
-    assert!(String::from_utf8(local[0].clone()).unwrap().ends_with(&body), "local copy differs");
+    assert!(
+        String::from_utf8(local[0].clone())
+            .unwrap()
+            .ends_with(&body),
+        "local copy differs"
+    );
 }

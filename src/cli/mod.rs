@@ -1,5 +1,6 @@
 //! The command line: `tern serve`, `tern user`, `tern queue`, `tern send`.
 
+mod domain;
 mod queue;
 mod send;
 mod user;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Manage users (SMTP AUTH accounts and local mailboxes).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Sender domains: DKIM keys and the DNS records to publish.
+    #[command(subcommand)]
+    Domain(domain::DomainCommand),
     /// Inspect and act on the queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -61,6 +65,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => {
             let config = load_config(cli.config.as_deref())?;
             user::run(&config, cmd).await
+        }
+        Command::Domain(cmd) => {
+            let config = load_config(cli.config.as_deref())?;
+            domain::run(&config, cmd).await
         }
         Command::Queue(cmd) => {
             let config = load_config(cli.config.as_deref())?;

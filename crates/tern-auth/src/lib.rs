@@ -1,5 +1,9 @@
 //! Users and their passwords. Hashes are argon2id (RFC 9106) in PHC string
 //! form; verification runs on a blocking thread because it is meant to be slow.
+//! Sender domains (DKIM keys, sender identity) live here too.
+
+pub mod dkim;
+mod senders;
 
 use std::sync::Arc;
 
@@ -8,6 +12,8 @@ use argon2::password_hash::{
 };
 use argon2::Argon2;
 use tern_store::{Store, StoreError};
+
+pub use senders::SenderPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

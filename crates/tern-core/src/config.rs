@@ -152,6 +152,16 @@ impl QueueConfig {
     }
 }
 
+/// Which addresses authenticated users may send as.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendersConfig {
+    /// Domains an authenticated user may use in MAIL FROM and in the From
+    /// header. `["*"]` allows any. Default: the sender domains added with
+    /// `tern domain add`, and the local domains.
+    pub domains: Option<Vec<String>>,
+}
+
 /// Which storage backend holds the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -297,6 +307,8 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub senders: SendersConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

@@ -12,7 +12,8 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use tern_auth::Authenticator;
+use tern_auth::dkim::Signer;
+use tern_auth::{Authenticator, SenderPolicy};
 use tern_core::Config;
 use tern_delivery::Directory;
 use tern_queue::Queue;
@@ -29,6 +30,8 @@ pub struct SmtpContext {
     pub queue: Queue,
     pub directory: Directory,
     pub auth: Authenticator,
+    pub senders: SenderPolicy,
+    pub signer: Signer,
     pub limiter: Arc<ConnectionLimiter>,
 }
 
@@ -39,6 +42,8 @@ impl SmtpContext {
         queue: Queue,
         directory: Directory,
         auth: Authenticator,
+        senders: SenderPolicy,
+        signer: Signer,
     ) -> Arc<SmtpContext> {
         let limiter = ConnectionLimiter::new(
             config.limits.max_connections,
@@ -50,6 +55,8 @@ impl SmtpContext {
             queue,
             directory,
             auth,
+            senders,
+            signer,
             limiter,
         })
     }

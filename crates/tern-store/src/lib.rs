@@ -15,7 +15,7 @@ use tern_core::{MessageId, QueuedMessage, RetryPolicy};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use types::{DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
+pub use types::{DkimKeyRecord, DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,4 +115,17 @@ pub trait Store: Send + Sync + 'static {
     async fn user_hash(&self, name: &str) -> Result<Option<String>>;
     async fn list_users(&self) -> Result<Vec<String>>;
     async fn remove_user(&self, name: &str) -> Result<bool>;
+
+    // --- sender domains ---
+
+    async fn add_domain(&self, name: &str, now: i64) -> Result<()>;
+    /// Removes a domain and its keys; false when it did not exist.
+    async fn remove_domain(&self, name: &str) -> Result<bool>;
+    async fn list_domains(&self) -> Result<Vec<String>>;
+    async fn add_dkim_key(&self, key: &DkimKeyRecord) -> Result<()>;
+    /// Keys of one domain (or all), oldest first.
+    async fn dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyRecord>>;
+    async fn set_dkim_key_active(&self, domain: &str, selector: &str, active: bool)
+        -> Result<bool>;
+    async fn remove_dkim_key(&self, domain: &str, selector: &str) -> Result<bool>;
 }

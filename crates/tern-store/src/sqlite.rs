@@ -516,4 +516,116 @@ impl Store for SqliteStore {
             .rows_affected()
             > 0)
     }
+    async fn add_domain(&self, name: &str, now: i64) -> Result<()> {
+        let r = sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("domain {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_domain(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM dkim_keys WHERE domain = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM domains WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    async fn list_domains(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM domains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn add_dkim_key(&self, key: &DkimKeyRecord) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, created_at, active)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.domain)
+        .bind(&key.selector)
+        .bind(&key.algorithm)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .bind(key.active as i64)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Exists(
+                format!("selector {} of {}", key.selector, key.domain),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT domain, selector, algorithm, private_key, public_key, created_at, active
+             FROM dkim_keys WHERE (? IS NULL OR domain = ?) ORDER BY domain, created_at, selector",
+        )
+        .bind(domain)
+        .bind(domain)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DkimKeyRecord {
+                domain: r.get("domain"),
+                selector: r.get("selector"),
+                algorithm: r.get("algorithm"),
+                private_key: r.get("private_key"),
+                public_key: r.get("public_key"),
+                created_at: r.get("created_at"),
+                active: r.get::<i64, _>("active") != 0,
+            })
+            .collect())
+    }
+
+    async fn set_dkim_key_active(
+        &self,
+        domain: &str,
+        selector: &str,
+        active: bool,
+    ) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE dkim_keys SET active = ? WHERE domain = ? AND selector = ?")
+                .bind(active as i64)
+                .bind(domain)
+                .bind(selector)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    async fn remove_dkim_key(&self, domain: &str, selector: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM dkim_keys WHERE domain = ? AND selector = ?")
+                .bind(domain)
+                .bind(selector)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
 }

@@ -71,3 +71,19 @@ pub struct EventRecord {
     pub kind: String,
     pub detail: Option<String>,
 }
+
+/// A DKIM key of a sender domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKeyRecord {
+    pub domain: String,
+    pub selector: String,
+    /// `rsa2048` or `ed25519`.
+    pub algorithm: String,
+    /// Base64 DER: PKCS#1 for RSA, PKCS#8 for Ed25519.
+    pub private_key: String,
+    /// Base64, as published in the record's `p=` tag.
+    pub public_key: String,
+    pub created_at: i64,
+    /// Signs new mail; a retired key stays until removed.
+    pub active: bool,
+}

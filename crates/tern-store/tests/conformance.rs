@@ -58,6 +58,7 @@ both_backends!(
     leases_keep_in_flight_work_from_being_claimed_twice,
     two_claimers_never_share_a_recipient,
     large_body_round_trips,
+    domains_and_keys,
 );
 
 async fn commit_claim_record_release(store: Arc<dyn Store>) {
@@ -249,6 +250,59 @@ async fn large_body_round_trips(store: Arc<dyn Store>) {
     assert_eq!(
         store.get_message(id).await.unwrap().unwrap().size,
         3_500_000
+    );
+}
+
+async fn domains_and_keys(store: Arc<dyn Store>) {
+    use tern_store::DkimKeyRecord;
+    store.add_domain("example.com", 1).await.unwrap();
+    assert!(matches!(
+        store.add_domain("example.com", 1).await,
+        Err(tern_store::StoreError::Exists(_))
+    ));
+    store.add_domain("example.org", 2).await.unwrap();
+    assert_eq!(
+        store.list_domains().await.unwrap(),
+        ["example.com", "example.org"]
+    );
+    let key = |selector: &str, at| DkimKeyRecord {
+        domain: "example.com".into(),
+        selector: selector.into(),
+        algorithm: "ed25519".into(),
+        private_key: "cHJpdg==".into(),
+        public_key: "cHVi".into(),
+        created_at: at,
+        active: true,
+    };
+    store.add_dkim_key(&key("s1", 10)).await.unwrap();
+    store.add_dkim_key(&key("s2", 20)).await.unwrap();
+    assert!(
+        store.add_dkim_key(&key("s1", 30)).await.is_err(),
+        "selector taken"
+    );
+    assert!(store
+        .set_dkim_key_active("example.com", "s1", false)
+        .await
+        .unwrap());
+    let keys = store.dkim_keys(Some("example.com")).await.unwrap();
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.selector.as_str(), k.active))
+            .collect::<Vec<_>>(),
+        [("s1", false), ("s2", true)]
+    );
+    assert_eq!(store.dkim_keys(None).await.unwrap().len(), 2);
+    assert!(store
+        .dkim_keys(Some("example.org"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.remove_dkim_key("example.com", "s1").await.unwrap());
+    assert!(store.remove_domain("example.com").await.unwrap());
+    assert!(!store.remove_domain("example.com").await.unwrap());
+    assert!(
+        store.dkim_keys(None).await.unwrap().is_empty(),
+        "keys go with their domain"
     );
 }
 

@@ -132,6 +132,12 @@ impl Session {
     /// Adds the trace and submission headers, then commits. The reply is
     /// 250 only after the queue says the message is durable.
     async fn accept(&mut self, tx: Transaction) {
+        if let Some(user) = self.user.clone() {
+            if let Err(reply) = self.check_header_from(&user, &tx.body).await {
+                self.error(reply);
+                return;
+            }
+        }
         let id = MessageId::generate();
         let config = &self.ctx.config;
         let tls = self.conn.tls_description();
@@ -160,6 +166,24 @@ impl Session {
             );
         }
         message.extend_from_slice(&tx.body);
+        if self.user.is_some() {
+            // Signed last, after every header change (RFC 6376 5).
+            match self.ctx.signer.sign(&message).await {
+                Ok(headers) if !headers.is_empty() => {
+                    message.splice(0..0, headers.into_bytes());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, error = %e, "cannot DKIM-sign");
+                    self.reply(Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary signing failure, try again later",
+                    ));
+                    return;
+                }
+            }
+        }
         let envelope = Envelope {
             sender: match tx.sender {
                 ReversePath::Null => None,
@@ -189,6 +213,36 @@ impl Session {
                 ));
             }
         }
+    }
+}
+
+impl Session {
+    /// Sender identity for the header: every From address of submitted mail
+    /// must be in a domain the user may send as.
+    async fn check_header_from(&self, user: &str, body: &[u8]) -> Result<(), Reply> {
+        for domain in tern_auth::dkim::from_domains(body) {
+            match self.ctx.senders.allows(&domain).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Reply::new(
+                        553,
+                        "5.7.1",
+                        format!(
+                            "From: header not allowed: {domain} is not a sender domain of {user}"
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sender domain lookup failed");
+                    return Err(Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary lookup failure, try again later",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

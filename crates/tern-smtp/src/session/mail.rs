@@ -6,7 +6,7 @@ use tern_proto::{Body, MailParams, Reply, ReversePath};
 use super::{Session, Transaction};
 
 impl Session {
-    pub(crate) fn mail(&mut self, from: ReversePath, params: MailParams) {
+    pub(crate) async fn mail(&mut self, from: ReversePath, params: MailParams) {
         if self.helo.is_none() {
             self.error(Reply::bad_sequence("Send HELO/EHLO first"));
             return;
@@ -49,6 +49,28 @@ impl Session {
                 "Message size exceeds fixed maximum message size",
             ));
             return;
+        }
+        if let (Some(user), ReversePath::Mailbox(a)) = (&self.user, &from) {
+            match self.ctx.senders.allows(a.domain()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let text = format!(
+                        "Sender <{a}> not allowed: {} is not a sender domain of {user}",
+                        a.domain()
+                    );
+                    self.error(Reply::new(553, "5.7.1", text));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sender domain lookup failed");
+                    self.reply(Reply::new(
+                        451,
+                        "4.3.0",
+                        "Temporary lookup failure, try again later",
+                    ));
+                    return;
+                }
+            }
         }
         self.tx = Some(Transaction {
             sender: from,

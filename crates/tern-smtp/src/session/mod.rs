@@ -287,7 +287,7 @@ impl Session {
                 mechanism,
                 initial_response,
             } => return self.auth(mechanism, initial_response).await,
-            Command::Mail { from, params } => self.mail(from, params),
+            Command::Mail { from, params } => self.mail(from, params).await,
             Command::Rcpt { to, .. } => self.rcpt(to).await,
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),

@@ -1,0 +1,193 @@
+//! `tern domain`: sender domains, their DKIM keys, and the DNS records to
+//! publish for them.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use tern_auth::dkim::{self, Algorithm};
+use tern_core::Config;
+use tern_store::{Store, StoreError};
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCommand {
+    /// Add a sender domain with a new DKIM key, and print the DNS records
+    /// to publish.
+    Add {
+        domain: String,
+        /// DKIM selector. Default: the algorithm and today's date.
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long, default_value = "rsa2048", value_parser = ["rsa2048", "ed25519"])]
+        algorithm: String,
+    },
+    /// List sender domains and their keys.
+    List,
+    /// Remove a sender domain and all its keys.
+    Remove { domain: String },
+    /// Print the DNS records to publish for a domain.
+    Records { domain: String },
+    /// Add another key (e.g. an Ed25519 key beside the RSA one: both sign).
+    AddKey {
+        domain: String,
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long, value_parser = ["rsa2048", "ed25519"])]
+        algorithm: String,
+    },
+    /// Make a new key for an algorithm and retire the old one: it stops
+    /// signing but stays (publish both records) until `remove-key`.
+    RotateKey {
+        domain: String,
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long, default_value = "rsa2048", value_parser = ["rsa2048", "ed25519"])]
+        algorithm: String,
+    },
+    /// Remove one key (once its DNS record is gone or no longer needed).
+    RemoveKey { domain: String, selector: String },
+}
+
+pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode> {
+    let store = crate::open_store(config).await?;
+    let now = tern_core::unix_now();
+    match cmd {
+        DomainCommand::Add {
+            domain,
+            selector,
+            algorithm,
+        } => {
+            let domain = check_domain(&domain)?;
+            match store.add_domain(&domain, now).await {
+                Ok(()) => {}
+                Err(StoreError::Exists(_)) => {
+                    bail!("domain {domain} already exists (see `tern domain records {domain}`)")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            new_key(&*store, &domain, selector, &algorithm, now).await?;
+            println!("domain {domain} added\n");
+            print_records(config, &*store, &domain).await?;
+        }
+        DomainCommand::List => {
+            let domains = store.list_domains().await?;
+            if domains.is_empty() {
+                println!("no sender domains (add one with `tern domain add DOMAIN`)");
+            }
+            for d in domains {
+                println!("{d}");
+                for k in store.dkim_keys(Some(&d)).await? {
+                    let state = if k.active { "signing" } else { "retired" };
+                    println!("  {:<20} {:<8} {state}", k.selector, k.algorithm);
+                }
+            }
+        }
+        DomainCommand::Remove { domain } => {
+            if !store.remove_domain(&domain.to_ascii_lowercase()).await? {
+                bail!("no domain {domain}");
+            }
+            println!("domain {domain} removed, with its keys");
+        }
+        DomainCommand::Records { domain } => {
+            let domain = domain.to_ascii_lowercase();
+            if !store.list_domains().await?.contains(&domain) {
+                bail!("no domain {domain}");
+            }
+            print_records(config, &*store, &domain).await?;
+        }
+        DomainCommand::AddKey {
+            domain,
+            selector,
+            algorithm,
+        } => {
+            let domain = existing(&*store, &domain).await?;
+            new_key(&*store, &domain, selector, &algorithm, now).await?;
+            print_records(config, &*store, &domain).await?;
+        }
+        DomainCommand::RotateKey {
+            domain,
+            selector,
+            algorithm,
+        } => {
+            let domain = existing(&*store, &domain).await?;
+            let old: Vec<_> = store
+                .dkim_keys(Some(&domain))
+                .await?
+                .into_iter()
+                .filter(|k| k.active && k.algorithm == algorithm)
+                .collect();
+            let key = new_key(&*store, &domain, selector, &algorithm, now).await?;
+            for k in &old {
+                store
+                    .set_dkim_key_active(&domain, &k.selector, false)
+                    .await?;
+                println!("retired {} (keep its record published until mail signed with it has been delivered, then `tern domain remove-key {domain} {}`)", k.selector, k.selector);
+            }
+            println!("new key {} signs from now on\n", key.selector);
+            print_records(config, &*store, &domain).await?;
+        }
+        DomainCommand::RemoveKey { domain, selector } => {
+            if !store
+                .remove_dkim_key(&domain.to_ascii_lowercase(), &selector)
+                .await?
+            {
+                bail!("no key {selector} for {domain}");
+            }
+            println!("key {selector} of {domain} removed; its DNS record can go too");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_domain(d: &str) -> anyhow::Result<String> {
+    let d = d.trim_end_matches('.').to_ascii_lowercase();
+    if tern_core::Address::parse(&format!("x@{d}")).is_err()
+        || d.starts_with('[')
+        || !d.contains('.')
+    {
+        bail!("{d:?} is not a domain name");
+    }
+    Ok(d)
+}
+
+async fn existing(store: &dyn Store, domain: &str) -> anyhow::Result<String> {
+    let d = domain.to_ascii_lowercase();
+    if !store.list_domains().await?.contains(&d) {
+        bail!("no domain {d} (add it with `tern domain add {d}`)");
+    }
+    Ok(d)
+}
+
+async fn new_key(
+    store: &dyn Store,
+    domain: &str,
+    selector: Option<String>,
+    algorithm: &str,
+    now: i64,
+) -> anyhow::Result<tern_store::DkimKeyRecord> {
+    let algorithm: Algorithm = algorithm.parse().map_err(anyhow::Error::msg)?;
+    let selector = selector.unwrap_or_else(|| dkim::default_selector(algorithm, now));
+    if !dkim::valid_selector(&selector) {
+        bail!("{selector:?} is not a valid selector (letters, digits and hyphens)");
+    }
+    let (d, s) = (domain.to_string(), selector.clone());
+    let key = tokio::task::spawn_blocking(move || dkim::generate(&d, &s, algorithm, now))
+        .await
+        .context("generating the key")??;
+    match store.add_dkim_key(&key).await {
+        Ok(()) => Ok(key),
+        Err(StoreError::Exists(_)) => bail!("{domain} already has a key with selector {selector}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn print_records(config: &Config, store: &dyn Store, domain: &str) -> anyhow::Result<()> {
+    let keys = store.dkim_keys(Some(domain)).await?;
+    let receives = config.local_domains().iter().any(|d| d == domain);
+    println!("Publish these DNS records for {domain}:\n");
+    for r in dkim::suggested_records(domain, &keys, &config.hostname, receives) {
+        println!("; {}", r.purpose);
+        println!("{r}\n");
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Sender domains: mail Tern signs verifies with an independent verifier
+//! (Python's dkimpy) against the DNS record Tern prints, for RSA and
+//! Ed25519, plain and MIME messages; and an authenticated user may only
+//! send as its allowed domains.
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use common::dns::TestDns;
+use common::fake_smtp::{free_port, FakeSmtp, Script};
+use common::*;
+use tern_auth::dkim::{self, Algorithm};
+
+const SENDER_DOMAIN: &str = "sender.test";
+
+/// A server with `sender.test` registered with the given keys, delivering
+/// to a fake MX for remote.test; returns the DNS records printed for it.
+async fn setup(algorithms: &[Algorithm]) -> (TestServer, FakeSmtp, Vec<dkim::DnsRecord>, TestDns) {
+    let ip: IpAddr = "127.0.0.2".parse().unwrap();
+    let port = free_port(&[ip]);
+    let dns = TestDns::start("remote.test A 127.0.0.2\n").await;
+    let fake = FakeSmtp::start(ip, port, Script::default()).await;
+    let dns_addr = dns.addr;
+    let t = TestServer::start_with(move |c| {
+        c.dns.nameservers = vec![dns_addr];
+        c.delivery.port = port;
+    })
+    .await;
+    let store = &t.server().store;
+    store.add_domain(SENDER_DOMAIN, 0).await.unwrap();
+    let mut keys = Vec::new();
+    for (i, a) in algorithms.iter().enumerate() {
+        let key = dkim::generate(SENDER_DOMAIN, &format!("s{i}"), *a, 0).unwrap();
+        store.add_dkim_key(&key).await.unwrap();
+        keys.push(key);
+    }
+    let records = dkim::suggested_records(SENDER_DOMAIN, &keys, "mx.example.test", false);
+    (t, fake, records, dns)
+}
+
+async fn submit(t: &TestServer, from: &str, body: &str) -> Reply {
+    let mut c = Client::connect(t.smtp_plain_auth()).await;
+    c.ehlo().await;
+    c.auth_plain(USER, PASSWORD, "235").await;
+    c.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+    c.cmd("RCPT TO:<rcpt@remote.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(body.replace("\r\n.", "\r\n..").as_bytes()).await;
+    c.send(b".\r\n").await;
+    c.read().await
+}
+
+/// Verifies every DKIM-Signature of `message` with dkimpy, serving the
+/// printed records as DNS. Returns dkimpy's verdict per signature.
+fn dkimpy_verify(message: &[u8], records: &[dkim::DnsRecord]) -> Vec<bool> {
+    assert!(
+        Command::new("python3").args(["-c", "import dkim, nacl"]).status().map(|s| s.success()).unwrap_or(false),
+        "python3 with dkimpy and pynacl is needed (pip install dkimpy pynacl)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("msg.eml");
+    std::fs::write(&msg, message).unwrap();
+    let zone: String = records
+        .iter()
+        .filter(|r| r.kind == "TXT")
+        .map(|r| format!("{}.\t{}\n", r.name, r.value))
+        .collect();
+    let zone_file = dir.path().join("zone");
+    std::fs::write(&zone_file, zone).unwrap();
+    let script = r#"
+import sys, dkim
+msg = open(sys.argv[1], "rb").read()
+records = {}
+for line in open(sys.argv[2]):
+    name, value = line.rstrip("\n").split("\t", 1)
+    records[name.encode()] = value.encode()
+def dns(name, timeout=5):
+    return records.get(name)
+d = dkim.DKIM(msg)
+n = len([h for h in d.headers if h[0].lower() == b"dkim-signature"])
+def check(i):
+    try:
+        return "pass" if d.verify(idx=i, dnsfunc=dns) else "fail"
+    except dkim.DKIMException as e:
+        print("signature %d: %s" % (i, e), file=sys.stderr)
+        return "fail"
+print(" ".join(check(i) for i in range(n)))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(&msg).arg(&zone_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(|w| w == "pass").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ed25519_signatures_verify_with_dkimpy() {
+    let (t, fake, records, _dns) = setup(&[Algorithm::Rsa2048, Algorithm::Ed25519]).await;
+    let body = "From: Alice <alice@sender.test>\r\nTo: rcpt@remote.test\r\nSubject: signed\r\n\r\nHello,\r\n.this line starts with a dot\r\n";
+    let r = submit(&t, "alice@sender.test", body).await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let got = fake.wait_received(1, 15).await;
+    let text = String::from_utf8_lossy(&got[0].data).to_string();
+    assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+    assert!(text.contains("a=rsa-sha256") && text.contains("a=ed25519-sha256"), "{text}");
+    assert!(text.contains("c=relaxed/relaxed"), "{text}");
+    // From is oversigned: listed once more than it occurs.
+    let h = text.split("h=").nth(1).unwrap().split(';').next().unwrap().to_ascii_lowercase();
+    assert_eq!(h.matches("from").count(), 2, "h={h}");
+    assert_eq!(dkimpy_verify(&got[0].data, &records), [true, true]);
+    // Tampering is caught.
+    let tampered = text.replace("Hello,", "Hullo,");
+    assert_eq!(dkimpy_verify(tampered.as_bytes(), &records), [false, false]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mime_message_with_attachments_verifies() {
+    let (t, fake, records, _dns) = setup(&[Algorithm::Ed25519]).await;
+    let mime = mail_builder::MessageBuilder::new()
+        .from(("Alice", "alice@sender.test"))
+        .to("rcpt@remote.test")
+        .subject("Quarterly report: caf\u{e9}")
+        .text_body("See the attachments.\n")
+        .html_body("<p>See the <b>attachments</b>.</p>")
+        .attachment("application/pdf", "report.pdf", vec![0u8, 1, 2, 3, 255, 254, 10, 13, 46])
+        .attachment("text/csv", "data.csv", "a,b\n1,2\n")
+        .write_to_string()
+        .unwrap();
+    let r = submit(&t, "alice@sender.test", &mime).await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let got = fake.wait_received(1, 15).await;
+    assert_eq!(dkimpy_verify(&got[0].data, &records), [true]);
+}
+
+#[tokio::test]
+async fn mail_from_an_unregistered_domain_is_not_signed_and_is_refused() {
+    let (t, _fake, _records, _dns) = setup(&[Algorithm::Ed25519]).await;
+    // MAIL FROM in a domain the user may not use.
+    let mut c = Client::connect(t.smtp_plain_auth()).await;
+    c.ehlo().await;
+    c.auth_plain(USER, PASSWORD, "235").await;
+    let r = c.cmd("MAIL FROM:<ceo@bank.test>", "553 5.7.1").await;
+    assert!(r.text().contains("bank.test"), "{:?}", r.lines);
+    // An allowed envelope, but a From header in someone else's domain.
+    c.cmd("MAIL FROM:<alice@sender.test>", "250").await;
+    c.cmd("RCPT TO:<rcpt@remote.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"From: ceo@bank.test\r\nSubject: wire money\r\n\r\nNow.\r\n.\r\n").await;
+    let r = c.expect("553 5.7.1").await;
+    assert!(r.text().contains("bank.test"), "{:?}", r.lines);
+    // Local domains are allowed by default, and mail is unsigned when the
+    // domain has no key.
+    let r = c.mail("alice@example.test", &["rcpt@remote.test"], "From: alice@example.test\r\n\r\nx\r\n").await;
+    assert_eq!(r.code, 250);
+    assert_eq!(t.queued().await, 1);
+}
+
+#[tokio::test]
+async fn unauthenticated_inbound_mail_is_never_signed() {
+    let (t, _fake, _records, _dns) = setup(&[Algorithm::Ed25519]).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    let r = c
+        .mail("alice@sender.test", &["alice@example.test"], "From: alice@sender.test\r\nSubject: in\r\n\r\nx\r\n")
+        .await;
+    assert_eq!(r.code, 250);
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    assert!(!String::from_utf8_lossy(&msgs[0]).contains("DKIM-Signature"));
+}
