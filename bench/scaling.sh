@@ -81,8 +81,16 @@ TOML
     local start end
     start=$(date +%s.%N)
     "$BIN" bench "${servers[@]}" --auth bench:pw --messages "$MESSAGES" --connections "$CONNS" \
-        --size "$SIZE" --to sink@remote.test --quiet >"$work/bench.$nodes"
-    wait "$sink" || true
+        --size "$SIZE" --from bench@bench.test --to sink@remote.test --quiet >"$work/bench.$nodes"
+    # The sink exits once it has every message; give up after 10 minutes.
+    for _ in $(seq 1 6000); do
+        kill -0 "$sink" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$sink" 2>/dev/null; then
+        echo "the sink never received all $MESSAGES messages" >&2
+        exit 1
+    fi
     end=$(date +%s.%N)
     local accept e2e
     accept=$(awk '/^accepted/ {print $3}' "$work/bench.$nodes")
@@ -96,8 +104,10 @@ TOML
 }
 
 echo "Tern on PostgreSQL: $MESSAGES messages of $SIZE B over $CONNS connections, relayed to a sink" >&2
-read -r a1 e1 < <(run 1)
-read -r a2 e2 < <(run 2)
+run 1 >"$work/r1"
+run 2 >"$work/r2"
+read -r a1 e1 <"$work/r1"
+read -r a2 e2 <"$work/r2"
 printf '| nodes | accept msgs/s | end-to-end msgs/s |\n|---|---|---|\n'
 printf '| 1 | %s | %s |\n| 2 | %s | %s |\n' "$a1" "$e1" "$a2" "$e2"
 python3 -c "print(f'| ratio 2/1 | {$a2/$a1:.2f} | {$e2/$e1:.2f} |')"

@@ -49,7 +49,7 @@ async fn bench_through_tern_to_the_sink() {
             "--rcpts",
             "2",
         ])
-        .args(["--to", "sink@remote.test"])
+        .args(["--from", "alice@example.test", "--to", "sink@remote.test"])
         .output()
         .await
         .unwrap();

@@ -16,9 +16,21 @@ use common::*;
 use tern_core::config::{Backend, HumanDuration};
 use tern_store::testkit::ScratchDb;
 
+/// `pg_ctlcluster VERSION NAME action` on the machine's first cluster.
 fn pg_ctl(action: &str) -> bool {
+    let Ok(list) = std::process::Command::new("pg_lsclusters")
+        .arg("-h")
+        .output()
+    else {
+        return false;
+    };
+    let list = String::from_utf8_lossy(&list.stdout);
+    let mut first = list.lines().next().unwrap_or("").split_whitespace();
+    let (Some(version), Some(name)) = (first.next(), first.next()) else {
+        return false;
+    };
     std::process::Command::new("pg_ctlcluster")
-        .args(["15", "main", action])
+        .args([version, name, action])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)

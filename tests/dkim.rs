@@ -56,7 +56,11 @@ async fn submit(t: &TestServer, from: &str, body: &str) -> Reply {
 /// printed records as DNS. Returns dkimpy's verdict per signature.
 fn dkimpy_verify(message: &[u8], records: &[dkim::DnsRecord]) -> Vec<bool> {
     assert!(
-        Command::new("python3").args(["-c", "import dkim, nacl"]).status().map(|s| s.success()).unwrap_or(false),
+        Command::new("python3")
+            .args(["-c", "import dkim, nacl"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false),
         "python3 with dkimpy and pynacl is needed (pip install dkimpy pynacl)"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -88,10 +92,23 @@ def check(i):
         return "fail"
 print(" ".join(check(i) for i in range(n)))
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(&msg).arg(&zone_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&msg)
+        .arg(&zone_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("dkimpy: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(|w| w == "pass").collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w == "pass")
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,10 +120,20 @@ async fn rsa_and_ed25519_signatures_verify_with_dkimpy() {
     let got = fake.wait_received(1, 15).await;
     let text = String::from_utf8_lossy(&got[0].data).to_string();
     assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
-    assert!(text.contains("a=rsa-sha256") && text.contains("a=ed25519-sha256"), "{text}");
+    assert!(
+        text.contains("a=rsa-sha256") && text.contains("a=ed25519-sha256"),
+        "{text}"
+    );
     assert!(text.contains("c=relaxed/relaxed"), "{text}");
     // From is oversigned: listed once more than it occurs.
-    let h = text.split("h=").nth(1).unwrap().split(';').next().unwrap().to_ascii_lowercase();
+    let h = text
+        .split("h=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
     assert_eq!(h.matches("from").count(), 2, "h={h}");
     assert_eq!(dkimpy_verify(&got[0].data, &records), [true, true]);
     // Tampering is caught.
@@ -123,7 +150,11 @@ async fn a_mime_message_with_attachments_verifies() {
         .subject("Quarterly report: caf\u{e9}")
         .text_body("See the attachments.\n")
         .html_body("<p>See the <b>attachments</b>.</p>")
-        .attachment("application/pdf", "report.pdf", vec![0u8, 1, 2, 3, 255, 254, 10, 13, 46])
+        .attachment(
+            "application/pdf",
+            "report.pdf",
+            vec![0u8, 1, 2, 3, 255, 254, 10, 13, 46],
+        )
         .attachment("text/csv", "data.csv", "a,b\n1,2\n")
         .write_to_string()
         .unwrap();
@@ -146,12 +177,19 @@ async fn mail_from_an_unregistered_domain_is_not_signed_and_is_refused() {
     c.cmd("MAIL FROM:<alice@sender.test>", "250").await;
     c.cmd("RCPT TO:<rcpt@remote.test>", "250").await;
     c.cmd("DATA", "354").await;
-    c.send(b"From: ceo@bank.test\r\nSubject: wire money\r\n\r\nNow.\r\n.\r\n").await;
+    c.send(b"From: ceo@bank.test\r\nSubject: wire money\r\n\r\nNow.\r\n.\r\n")
+        .await;
     let r = c.expect("553 5.7.1").await;
     assert!(r.text().contains("bank.test"), "{:?}", r.lines);
     // Local domains are allowed by default, and mail is unsigned when the
     // domain has no key.
-    let r = c.mail("alice@example.test", &["rcpt@remote.test"], "From: alice@example.test\r\n\r\nx\r\n").await;
+    let r = c
+        .mail(
+            "alice@example.test",
+            &["rcpt@remote.test"],
+            "From: alice@example.test\r\n\r\nx\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250);
     assert_eq!(t.queued().await, 1);
 }
@@ -162,7 +200,11 @@ async fn unauthenticated_inbound_mail_is_never_signed() {
     let mut c = Client::connect(t.smtp()).await;
     c.ehlo().await;
     let r = c
-        .mail("alice@sender.test", &["alice@example.test"], "From: alice@sender.test\r\nSubject: in\r\n\r\nx\r\n")
+        .mail(
+            "alice@sender.test",
+            &["alice@example.test"],
+            "From: alice@sender.test\r\nSubject: in\r\n\r\nx\r\n",
+        )
         .await;
     assert_eq!(r.code, 250);
     let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;

@@ -205,7 +205,8 @@ async fn worker(
             }
             conn.send(&body).await?;
             let (code, _) = conn.reply().await?;
-            Ok((code != 250).then_some(code))
+            // Accepted means every recipient and the data were.
+            Ok(refused.or((code != 250).then_some(code)))
         }
         .await;
         match r {
@@ -258,8 +259,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let accepted = stats.accepted();
     let secs = elapsed.as_secs_f64();
     let servers: Vec<String> = args.server.iter().map(|s| s.to_string()).collect();
+    let attempted = accepted as u64 + stats.errors.values().sum::<u64>();
     println!(
-        "sent {} messages of {} B over {} connections to {} in {:.2} s",
+        "sent {} of {} messages of {} B over {} connections to {} in {:.2} s",
+        attempted.min(args.messages as u64),
         args.messages,
         args.size,
         args.connections,

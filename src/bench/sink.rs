@@ -129,12 +129,11 @@ async fn session(mut s: TcpStream, counter: Arc<Counter>, final_reply: &'static 
                     Some(p) => {
                         buf.drain(..p + 5);
                         in_data = false;
-                        if final_reply.starts_with(b"250") {
-                            let now = counter.start.elapsed().as_micros() as u64;
-                            counter.messages.fetch_add(1, Ordering::Relaxed);
-                            counter.first.fetch_min(now, Ordering::Relaxed);
-                            counter.last.fetch_max(now, Ordering::Relaxed);
-                        }
+                        // Every complete message counts, whatever the reply.
+                        let now = counter.start.elapsed().as_micros() as u64;
+                        counter.messages.fetch_add(1, Ordering::Relaxed);
+                        counter.first.fetch_min(now, Ordering::Relaxed);
+                        counter.last.fetch_max(now, Ordering::Relaxed);
                         out.extend_from_slice(final_reply);
                         continue;
                     }

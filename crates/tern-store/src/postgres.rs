@@ -294,10 +294,11 @@ impl Store for PgStore {
                 Outcome::Deferred { retry_at, .. } => *retry_at,
                 _ => r.at,
             };
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE recipients SET status = $1, detail = $2, next_attempt = $3,
                      leased_until = NULL, leased_by = NULL, warned = GREATEST(warned, $4)
-                 WHERE message_id = $5 AND idx = $6 AND status IN ('queued', 'deferred')",
+                 WHERE message_id = $5 AND idx = $6 AND status IN ('queued', 'deferred')
+                   AND (leased_by IS NULL OR leased_by = $7)",
             )
             .bind(status.kind())
             .bind(status.detail())
@@ -305,8 +306,15 @@ impl Store for PgStore {
             .bind(r.warned as i32)
             .bind(&id)
             .bind(r.idx as i32)
+            .bind(&self.node)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            // A late result (this node's lease ran out and another node
+            // took the work) changes nothing and leaves no history line.
+            if updated == 0 {
+                continue;
+            }
             insert_event(
                 &mut tx,
                 &id,

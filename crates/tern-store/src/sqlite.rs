@@ -312,7 +312,7 @@ impl Store for SqliteStore {
                 Outcome::Deferred { retry_at, .. } => *retry_at,
                 _ => r.at,
             };
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE recipients SET status = ?, detail = ?, next_attempt = ?, leased_until = NULL,
                      warned = MAX(warned, ?)
                  WHERE message_id = ? AND idx = ? AND status IN ('queued', 'deferred')",
@@ -324,7 +324,11 @@ impl Store for SqliteStore {
             .bind(&id)
             .bind(r.idx as i64)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                continue;
+            }
             insert_event(
                 &mut tx,
                 &id,

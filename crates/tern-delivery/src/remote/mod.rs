@@ -196,6 +196,14 @@ impl RemoteDelivery {
         // operator's typo must not bounce all outbound mail).
         let permanent =
             self.relay.is_none() && !errors.is_empty() && errors.iter().all(|(_, p)| *p);
+        if self.relay.is_some() {
+            // A relay's name that does not resolve is a configuration
+            // problem to fix, not the recipient's: say so with a 4xx.
+            for (text, p) in errors.iter_mut().filter(|(_, p)| *p) {
+                *text = format!("451 4.4.3 relay {destination} does not resolve ({text})");
+                *p = false;
+            }
+        }
         let text = match errors.as_slice() {
             [] => format!("451 4.4.4 no mail exchanger found for {destination}"),
             [(only, _)] if has_reply_code(only) => only.clone(),
@@ -227,7 +235,11 @@ impl RemoteDelivery {
             if c.extensions().starttls {
                 match c.starttls(connector, host, &self.helo).await {
                     Ok(tls) => c = tls,
-                    Err(e) if self.tls == TlsPolicy::Required => return Err(e),
+                    // A relay is a known host: a failed or unverified handshake
+                    // never falls back to plaintext.
+                    Err(e) if self.tls == TlsPolicy::Required || self.relay.is_some() => {
+                        return Err(e)
+                    }
                     Err(e) => {
                         // Opportunistic: a failed handshake falls back to a
                         // new plaintext connection, as RFC 3207 4.1 allows.

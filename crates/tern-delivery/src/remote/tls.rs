@@ -81,11 +81,16 @@ pub fn verifying_connector(extra_ca: Option<&std::path::Path>) -> Result<TlsConn
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(provider)
