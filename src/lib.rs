@@ -114,15 +114,24 @@ impl Server {
         );
         let mut tasks = vec![tokio::spawn(scheduler.run(shutdown_rx.clone()))];
 
-        let ctx = SmtpContext::new(
-            config.clone(),
-            tls,
+        let inbound = if config.inbound.checks {
+            let checker = tern_auth::inbound::InboundChecker::new(&config.dns, &config.hostname)
+                .map_err(anyhow::Error::msg)?;
+            Some(Arc::new(checker))
+        } else {
+            None
+        };
+        let ctx = Arc::new(SmtpContext {
+            limiter: SmtpContext::limiter(&config),
+            tls: tokio_rustls::TlsAcceptor::from(tls),
             queue,
             directory,
-            Authenticator::new(store.clone()),
-            tern_auth::SenderPolicy::new(&config, store.clone()),
-            tern_auth::dkim::Signer::new(store.clone()),
-        );
+            auth: Authenticator::new(store.clone()),
+            senders: tern_auth::SenderPolicy::new(&config, store.clone()),
+            signer: tern_auth::dkim::Signer::new(store.clone()),
+            inbound,
+            config: config.clone(),
+        });
         tasks.push(tokio::spawn(tern_smtp::serve(
             ctx,
             bound,

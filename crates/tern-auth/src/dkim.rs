@@ -247,7 +247,8 @@ impl Signer {
     }
 }
 
-fn sign_with(key: &DkimKeyRecord, message: &[u8]) -> Result<String, DkimError> {
+/// One `DKIM-Signature` header field for `message` with `key`.
+pub fn sign_with(key: &DkimKeyRecord, message: &[u8]) -> Result<String, DkimError> {
     let bad = |why: String| DkimError::BadKey {
         domain: key.domain.clone(),
         selector: key.selector.clone(),

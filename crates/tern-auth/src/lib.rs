@@ -3,6 +3,7 @@
 //! Sender domains (DKIM keys, sender identity) live here too.
 
 pub mod dkim;
+pub mod inbound;
 mod senders;
 
 use std::sync::Arc;

@@ -152,6 +152,32 @@ impl QueueConfig {
     }
 }
 
+/// What is checked on mail arriving for local domains (RFC 7208 SPF,
+/// RFC 6376 DKIM, RFC 8617 ARC, RFC 7489 DMARC), and what a failure does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    /// Run the checks and add an Authentication-Results header (RFC 8601).
+    pub checks: bool,
+    /// Refuse (550 5.7.1) mail failing DMARC whose domain publishes p=reject.
+    pub dmarc_reject: bool,
+    /// Mark (X-Tern-Quarantine header) mail failing DMARC under p=quarantine.
+    pub dmarc_quarantine: bool,
+    /// Refuse (550 5.7.23) mail whose SPF result is fail.
+    pub spf_reject: bool,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            checks: true,
+            dmarc_reject: true,
+            dmarc_quarantine: true,
+            spf_reject: false,
+        }
+    }
+}
+
 /// Which addresses authenticated users may send as.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -309,6 +335,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub senders: SendersConfig,
+    #[serde(default)]
+    pub inbound: InboundConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

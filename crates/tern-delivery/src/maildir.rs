@@ -112,7 +112,7 @@ impl Maildir {
             .unwrap_or_default();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!(
-            "{}.M{}P{}Q{}R{:08x}.{},S={}",
+            "{}.M{:06}P{}Q{}R{:08x}.{},S={}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),

@@ -13,6 +13,7 @@ pub mod tls;
 use std::sync::Arc;
 
 use tern_auth::dkim::Signer;
+use tern_auth::inbound::InboundChecker;
 use tern_auth::{Authenticator, SenderPolicy};
 use tern_core::Config;
 use tern_delivery::Directory;
@@ -32,32 +33,17 @@ pub struct SmtpContext {
     pub auth: Authenticator,
     pub senders: SenderPolicy,
     pub signer: Signer,
+    /// SPF/DKIM/ARC/DMARC for inbound mail; `None` when turned off.
+    pub inbound: Option<Arc<InboundChecker>>,
     pub limiter: Arc<ConnectionLimiter>,
 }
 
 impl SmtpContext {
-    pub fn new(
-        config: Arc<Config>,
-        tls: Arc<rustls::ServerConfig>,
-        queue: Queue,
-        directory: Directory,
-        auth: Authenticator,
-        senders: SenderPolicy,
-        signer: Signer,
-    ) -> Arc<SmtpContext> {
-        let limiter = ConnectionLimiter::new(
+    /// The connection limiter a configuration asks for.
+    pub fn limiter(config: &Config) -> Arc<ConnectionLimiter> {
+        ConnectionLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
-        );
-        Arc::new(SmtpContext {
-            config,
-            tls: TlsAcceptor::from(tls),
-            queue,
-            directory,
-            auth,
-            senders,
-            signer,
-            limiter,
-        })
+        )
     }
 }

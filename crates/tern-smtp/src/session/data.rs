@@ -6,6 +6,7 @@ use tern_proto::{ChunkChecker, DataError, DataReader, Reply, ReversePath};
 
 use super::{Session, State, Transaction};
 use crate::headers::{self, TraceInfo};
+use tern_auth::inbound::{DmarcVerdict, Requested};
 
 impl Session {
     /// Checks that a transaction can take message data now.
@@ -138,6 +139,15 @@ impl Session {
                 return;
             }
         }
+        // Only this server writes Authentication-Results with its own name.
+        let body = tern_auth::inbound::strip_own_results(&tx.body, &self.ctx.config.hostname);
+        let checks = match self.inbound_checks(&tx, &body).await {
+            Ok(headers) => headers,
+            Err(reply) => {
+                self.error(reply);
+                return;
+            }
+        };
         let id = MessageId::generate();
         let config = &self.ctx.config;
         let tls = self.conn.tls_description();
@@ -160,12 +170,13 @@ impl Session {
                 .flatten(),
         })
         .into_bytes();
+        message.splice(0..0, checks.into_bytes());
         if self.user.is_some() {
             message.extend_from_slice(
-                headers::submission_fixes(&tx.body, id, &config.hostname).as_bytes(),
+                headers::submission_fixes(&body, id, &config.hostname).as_bytes(),
             );
         }
-        message.extend_from_slice(&tx.body);
+        message.extend_from_slice(&body);
         if self.user.is_some() {
             // Signed last, after every header change (RFC 6376 5).
             match self.ctx.signer.sign(&message).await {
@@ -217,6 +228,51 @@ impl Session {
 }
 
 impl Session {
+    /// SPF, DKIM, ARC and DMARC for mail from outside (not authenticated):
+    /// the headers to add, or the refusal the policy asks for.
+    async fn inbound_checks(&self, tx: &Transaction, body: &[u8]) -> Result<String, Reply> {
+        let Some(checker) = self.ctx.inbound.as_ref().filter(|_| self.user.is_none()) else {
+            return Ok(String::new());
+        };
+        let policy = &self.ctx.config.inbound;
+        let helo = self.helo.as_deref().unwrap_or("");
+        let checked = checker
+            .check(body, self.peer.ip(), helo, &sender_text(&tx.sender))
+            .await;
+        if policy.spf_reject && checked.spf == tern_auth::inbound::SpfResult::Fail {
+            return Err(Reply::new(
+                550,
+                "5.7.23",
+                format!(
+                    "SPF check failed: {} does not allow mail from {}",
+                    checked.spf_domain,
+                    self.peer.ip()
+                ),
+            ));
+        }
+        let mut headers = checked.header;
+        if let DmarcVerdict::Fail {
+            domain,
+            policy: requested,
+        } = &checked.dmarc
+        {
+            match requested {
+                Requested::Reject if policy.dmarc_reject => {
+                    return Err(Reply::new(
+                        550,
+                        "5.7.1",
+                        format!("Rejected by the DMARC policy of {domain} (RFC 7489 6.6)"),
+                    ));
+                }
+                Requested::Quarantine if policy.dmarc_quarantine => {
+                    headers.push_str(&format!("X-Tern-Quarantine: DMARC policy of {domain}\r\n"));
+                }
+                _ => {}
+            }
+        }
+        Ok(headers)
+    }
+
     /// Sender identity for the header: every From address of submitted mail
     /// must be in a domain the user may send as.
     async fn check_header_from(&self, user: &str, body: &[u8]) -> Result<(), Reply> {
