@@ -27,6 +27,9 @@ pub enum DomainCommand {
     Remove { domain: String },
     /// Print the DNS records to publish for a domain.
     Records { domain: String },
+    /// Look the records up and report each as ok, missing or wrong; exits
+    /// non-zero when something needs fixing.
+    Check { domain: String },
     /// Add another key (e.g. an Ed25519 key beside the RSA one: both sign).
     AddKey {
         domain: String,
@@ -88,6 +91,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode
             }
             println!("domain {domain} removed, with its keys");
         }
+        DomainCommand::Check { domain } => return check(config, &domain).await,
         DomainCommand::Records { domain } => {
             let domain = domain.to_ascii_lowercase();
             if !store.list_domains().await?.contains(&domain) {
@@ -190,4 +194,121 @@ async fn print_records(config: &Config, store: &dyn Store, domain: &str) -> anyh
         println!("{r}\n");
     }
     Ok(())
+}
+
+/// How one published record compares with what Tern expects.
+enum Finding {
+    Ok,
+    Missing,
+    Wrong(String),
+    Unknown(String),
+}
+
+/// `tern domain check`: looks every record up and says, record by record,
+/// whether it is there and right, and what to publish when it is not.
+pub async fn check(config: &Config, domain: &str) -> anyhow::Result<ExitCode> {
+    let store = crate::open_store(config).await?;
+    let domain = existing(&*store, domain).await?;
+    let dns = tern_delivery::dns::Dns::new(&config.dns).map_err(anyhow::Error::msg)?;
+    let keys = store.dkim_keys(Some(&domain)).await?;
+    let receives = config.local_domains().iter().any(|d| *d == domain);
+    let suggested = dkim::suggested_records(&domain, &keys, &config.hostname, receives);
+    let mut problems = 0;
+    for record in &suggested {
+        let finding = match (record.kind, record.purpose) {
+            ("TXT", p) if p.starts_with("DKIM") => check_dkim(&dns, record).await,
+            ("TXT", p) if p.starts_with("SPF") => check_txt(&dns, &record.name, "v=spf1").await,
+            ("TXT", _) => check_txt(&dns, &record.name, "v=DMARC1").await,
+            _ => check_mx(&dns, &domain, &config.hostname).await,
+        };
+        let kind = record
+            .purpose
+            .split(':')
+            .next()
+            .unwrap_or(record.purpose)
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        let (state, advice) = match finding {
+            Finding::Ok => ("ok".to_string(), None),
+            Finding::Missing => ("missing".to_string(), Some(format!("publish: {record}"))),
+            Finding::Wrong(why) => (
+                format!("wrong: {why}"),
+                Some(format!("publish instead: {record}")),
+            ),
+            Finding::Unknown(why) => (format!("could not check: {why}"), None),
+        };
+        if advice.is_some() {
+            problems += 1;
+        }
+        println!("{kind:<6} {:<45} {state}", record.name);
+        if let Some(a) = advice {
+            println!("       {a}");
+        }
+    }
+    if problems == 0 {
+        println!("\nall records of {domain} are in place");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{problems} record(s) of {domain} need attention");
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn check_dkim(dns: &tern_delivery::dns::Dns, record: &dkim::DnsRecord) -> Finding {
+    let published = match dns.txt(&record.name).await {
+        Ok(t) => t,
+        Err(e) => return Finding::Unknown(format!("{e:?}")),
+    };
+    let want = tag(&record.value, "p");
+    match published
+        .iter()
+        .find(|t| t.contains("v=DKIM1") || t.contains("p="))
+    {
+        None => Finding::Missing,
+        Some(t) if tag(t, "p") == want => Finding::Ok,
+        Some(_) => Finding::Wrong("the public key differs from this server's key".into()),
+    }
+}
+
+async fn check_txt(dns: &tern_delivery::dns::Dns, name: &str, version: &str) -> Finding {
+    let published = match dns.txt(name).await {
+        Ok(t) => t,
+        Err(e) => return Finding::Unknown(format!("{e:?}")),
+    };
+    let matching: Vec<&String> = published
+        .iter()
+        .filter(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with(&version.to_ascii_lowercase())
+        })
+        .collect();
+    match matching.len() {
+        0 => Finding::Missing,
+        1 => Finding::Ok,
+        // RFC 7208 4.5 / RFC 7489 6.6.3: more than one record is an error.
+        n => Finding::Wrong(format!("{n} {version} records; there must be exactly one")),
+    }
+}
+
+async fn check_mx(dns: &tern_delivery::dns::Dns, domain: &str, hostname: &str) -> Finding {
+    match dns.mx_hosts(domain).await {
+        Ok(hosts) if hosts.is_empty() => Finding::Missing,
+        Ok(hosts) if hosts.iter().any(|h| h.eq_ignore_ascii_case(hostname)) => Finding::Ok,
+        Ok(hosts) => Finding::Wrong(format!(
+            "MX points to {} instead of {hostname}",
+            hosts.join(", ")
+        )),
+        Err(e) => Finding::Unknown(format!("{e:?}")),
+    }
+}
+
+/// The value of `name=` in a tag list, whitespace removed.
+fn tag(list: &str, name: &str) -> String {
+    list.split(';')
+        .filter_map(|t| t.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect())
+        .unwrap_or_default()
 }

@@ -129,6 +129,49 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// The TXT records at `name`, each as one string (its pieces joined);
+    /// none when the name or the records do not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        match self.resolver.txt_lookup(absolute(name).as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(LookupError::Temporary(format!(
+                "DNS lookup of TXT {name} failed: {}",
+                describe(&e)
+            ))),
+        }
+    }
+
+    /// The MX hosts of `domain` as published (no implicit MX).
+    pub async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, LookupError> {
+        match self.exchangers(domain).await {
+            Ok(mx) if mx.len() == 1 && mx[0].host == domain && mx[0].preference == 0 => {
+                // Only the implicit MX: nothing is published.
+                match self.resolver.mx_lookup(absolute(domain).as_str()).await {
+                    Ok(l) if !l.answers().is_empty() => Ok(vec![domain.to_string()]),
+                    _ => Ok(Vec::new()),
+                }
+            }
+            Ok(mx) => Ok(mx.into_iter().map(|m| m.host).collect()),
+            Err(LookupError::Permanent(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn implicit(domain: &str) -> Vec<Exchanger> {
     vec![Exchanger {
         host: domain.to_string(),
