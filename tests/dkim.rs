@@ -165,7 +165,7 @@ async fn a_mime_message_with_attachments_verifies() {
 }
 
 #[tokio::test]
-async fn mail_from_an_unregistered_domain_is_not_signed_and_is_refused() {
+async fn sending_as_a_domain_the_user_may_not_use_is_refused() {
     let (t, _fake, _records, _dns) = setup(&[Algorithm::Ed25519]).await;
     // MAIL FROM in a domain the user may not use.
     let mut c = Client::connect(t.smtp_plain_auth()).await;
@@ -181,6 +181,13 @@ async fn mail_from_an_unregistered_domain_is_not_signed_and_is_refused() {
         .await;
     let r = c.expect("553 5.7.1").await;
     assert!(r.text().contains("bank.test"), "{:?}", r.lines);
+    // Two From fields: the second could smuggle an identity past the check.
+    c.cmd("MAIL FROM:<alice@sender.test>", "250").await;
+    c.cmd("RCPT TO:<rcpt@remote.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"From: ceo@bank.test\r\nFrom: alice@sender.test\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+        .await;
+    c.expect("553 5.7.1 More than one From").await;
     // Local domains are allowed by default, and mail is unsigned when the
     // domain has no key.
     let r = c

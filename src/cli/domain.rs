@@ -61,6 +61,9 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode
             algorithm,
         } => {
             let domain = check_domain(&domain)?;
+            // The key is made before the domain is stored, so a bad selector
+            // never leaves a domain without a key behind.
+            let key = make_key(&domain, selector, &algorithm, now).await?;
             match store.add_domain(&domain, now).await {
                 Ok(()) => {}
                 Err(StoreError::Exists(_)) => {
@@ -68,7 +71,7 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode
                 }
                 Err(e) => return Err(e.into()),
             }
-            new_key(&*store, &domain, selector, &algorithm, now).await?;
+            store.add_dkim_key(&key).await?;
             println!("domain {domain} added\n");
             print_records(config, &*store, &domain).await?;
         }
@@ -86,17 +89,15 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode
             }
         }
         DomainCommand::Remove { domain } => {
-            if !store.remove_domain(&domain.to_ascii_lowercase()).await? {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !store.remove_domain(&domain).await? {
                 bail!("no domain {domain}");
             }
             println!("domain {domain} removed, with its keys");
         }
         DomainCommand::Check { domain } => return check(config, &domain).await,
         DomainCommand::Records { domain } => {
-            let domain = domain.to_ascii_lowercase();
-            if !store.list_domains().await?.contains(&domain) {
-                bail!("no domain {domain}");
-            }
+            let domain = existing(&*store, &domain).await?;
             print_records(config, &*store, &domain).await?;
         }
         DomainCommand::AddKey {
@@ -131,10 +132,8 @@ pub async fn run(config: &Config, cmd: DomainCommand) -> anyhow::Result<ExitCode
             print_records(config, &*store, &domain).await?;
         }
         DomainCommand::RemoveKey { domain, selector } => {
-            if !store
-                .remove_dkim_key(&domain.to_ascii_lowercase(), &selector)
-                .await?
-            {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !store.remove_dkim_key(&domain, &selector).await? {
                 bail!("no key {selector} for {domain}");
             }
             println!("key {selector} of {domain} removed; its DNS record can go too");
@@ -155,7 +154,7 @@ fn check_domain(d: &str) -> anyhow::Result<String> {
 }
 
 async fn existing(store: &dyn Store, domain: &str) -> anyhow::Result<String> {
-    let d = domain.to_ascii_lowercase();
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
     if !store.list_domains().await?.contains(&d) {
         bail!("no domain {d} (add it with `tern domain add {d}`)");
     }
@@ -169,20 +168,33 @@ async fn new_key(
     algorithm: &str,
     now: i64,
 ) -> anyhow::Result<tern_store::DkimKeyRecord> {
+    let key = make_key(domain, selector, algorithm, now).await?;
+    match store.add_dkim_key(&key).await {
+        Ok(()) => Ok(key),
+        Err(StoreError::Exists(_)) => {
+            bail!("{domain} already has a key with selector {}", key.selector)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn make_key(
+    domain: &str,
+    selector: Option<String>,
+    algorithm: &str,
+    now: i64,
+) -> anyhow::Result<tern_store::DkimKeyRecord> {
     let algorithm: Algorithm = algorithm.parse().map_err(anyhow::Error::msg)?;
     let selector = selector.unwrap_or_else(|| dkim::default_selector(algorithm, now));
     if !dkim::valid_selector(&selector) {
         bail!("{selector:?} is not a valid selector (letters, digits and hyphens)");
     }
-    let (d, s) = (domain.to_string(), selector.clone());
-    let key = tokio::task::spawn_blocking(move || dkim::generate(&d, &s, algorithm, now))
-        .await
-        .context("generating the key")??;
-    match store.add_dkim_key(&key).await {
-        Ok(()) => Ok(key),
-        Err(StoreError::Exists(_)) => bail!("{domain} already has a key with selector {selector}"),
-        Err(e) => Err(e.into()),
-    }
+    let d = domain.to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || dkim::generate(&d, &selector, algorithm, now))
+            .await
+            .context("generating the key")??,
+    )
 }
 
 async fn print_records(config: &Config, store: &dyn Store, domain: &str) -> anyhow::Result<()> {
@@ -211,7 +223,7 @@ pub async fn check(config: &Config, domain: &str) -> anyhow::Result<ExitCode> {
     let domain = existing(&*store, domain).await?;
     let dns = tern_delivery::dns::Dns::new(&config.dns).map_err(anyhow::Error::msg)?;
     let keys = store.dkim_keys(Some(&domain)).await?;
-    let receives = config.local_domains().iter().any(|d| *d == domain);
+    let receives = config.local_domains().contains(&domain);
     let suggested = dkim::suggested_records(&domain, &keys, &config.hostname, receives);
     let mut problems = 0;
     for record in &suggested {

@@ -532,6 +532,17 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(list) = &self.senders.domains {
+            for (i, d) in list.iter().enumerate() {
+                let bad = crate::Address::parse(&format!("x@{d}")).is_err() || d.ends_with('.');
+                if d != "*" && bad {
+                    return Err(invalid(
+                        &format!("senders.domains[{i}]"),
+                        format!("{d:?} is not a domain name (or \"*\" for any)"),
+                    ));
+                }
+            }
+        }
         if self
             .store
             .node_id

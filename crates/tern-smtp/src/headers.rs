@@ -47,20 +47,16 @@ pub fn received(t: &TraceInfo<'_>) -> String {
 
 /// Whether the message's header block has a field of this name.
 pub fn has_header(msg: &[u8], name: &str) -> bool {
-    for line in header_lines(msg) {
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            continue;
-        }
-        if let Some(colon) = line.iter().position(|b| *b == b':') {
-            if line[..colon]
-                .trim_ascii()
-                .eq_ignore_ascii_case(name.as_bytes())
-            {
-                return true;
-            }
-        }
-    }
-    false
+    count_header(msg, name) > 0
+}
+
+/// How many fields of this name the header block has.
+pub fn count_header(msg: &[u8], name: &str) -> usize {
+    header_lines(msg)
+        .filter(|line| !line.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+        .filter_map(|line| line.iter().position(|b| *b == b':').map(|c| &line[..c]))
+        .filter(|field| field.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        .count()
 }
 
 /// The lines of the header block (up to the first empty line).

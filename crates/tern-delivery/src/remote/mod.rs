@@ -200,7 +200,7 @@ impl RemoteDelivery {
             // A relay's name that does not resolve is a configuration
             // problem to fix, not the recipient's: say so with a 4xx.
             for (text, p) in errors.iter_mut().filter(|(_, p)| *p) {
-                *text = format!("451 4.4.3 relay {destination} does not resolve ({text})");
+                *text = format!("451 4.4.3 {destination} does not resolve ({text})");
                 *p = false;
             }
         }

@@ -276,7 +276,21 @@ impl Session {
     /// Sender identity for the header: every From address of submitted mail
     /// must be in a domain the user may send as.
     async fn check_header_from(&self, user: &str, body: &[u8]) -> Result<(), Reply> {
-        for domain in tern_auth::dkim::from_domains(body) {
+        // RFC 5322 3.6: exactly one From field. A second one could carry
+        // another identity past this check (and past the reader).
+        let fields = headers::count_header(body, "from");
+        let domains = tern_auth::dkim::from_domains(body);
+        if fields > 1 {
+            return Err(Reply::new(553, "5.7.1", "More than one From: header field"));
+        }
+        if fields == 1 && domains.is_empty() {
+            return Err(Reply::new(
+                553,
+                "5.7.1",
+                "From: header without a usable address",
+            ));
+        }
+        for domain in domains {
             match self.ctx.senders.allows(&domain).await {
                 Ok(true) => {}
                 Ok(false) => {
