@@ -248,7 +248,10 @@ pub async fn check(config: &Config, domain: &str) -> anyhow::Result<ExitCode> {
                 format!("wrong: {why}"),
                 Some(format!("publish instead: {record}")),
             ),
-            Finding::Unknown(why) => (format!("could not check: {why}"), None),
+            Finding::Unknown(why) => (
+                format!("could not check: {why}"),
+                Some("try again when DNS answers".to_string()),
+            ),
         };
         if advice.is_some() {
             problems += 1;
@@ -270,7 +273,7 @@ pub async fn check(config: &Config, domain: &str) -> anyhow::Result<ExitCode> {
 async fn check_dkim(dns: &tern_delivery::dns::Dns, record: &dkim::DnsRecord) -> Finding {
     let published = match dns.txt(&record.name).await {
         Ok(t) => t,
-        Err(e) => return Finding::Unknown(format!("{e:?}")),
+        Err(e) => return Finding::Unknown(lookup_text(e)),
     };
     let want = tag(&record.value, "p");
     match published
@@ -286,7 +289,7 @@ async fn check_dkim(dns: &tern_delivery::dns::Dns, record: &dkim::DnsRecord) -> 
 async fn check_txt(dns: &tern_delivery::dns::Dns, name: &str, version: &str) -> Finding {
     let published = match dns.txt(name).await {
         Ok(t) => t,
-        Err(e) => return Finding::Unknown(format!("{e:?}")),
+        Err(e) => return Finding::Unknown(lookup_text(e)),
     };
     let matching: Vec<&String> = published
         .iter()
@@ -312,7 +315,7 @@ async fn check_mx(dns: &tern_delivery::dns::Dns, domain: &str, hostname: &str) -
             "MX points to {} instead of {hostname}",
             hosts.join(", ")
         )),
-        Err(e) => Finding::Unknown(format!("{e:?}")),
+        Err(e) => Finding::Unknown(lookup_text(e)),
     }
 }
 
@@ -323,4 +326,11 @@ fn tag(list: &str, name: &str) -> String {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
         .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect())
         .unwrap_or_default()
+}
+
+fn lookup_text(e: tern_delivery::dns::LookupError) -> String {
+    match e {
+        tern_delivery::dns::LookupError::Permanent(t)
+        | tern_delivery::dns::LookupError::Temporary(t) => t,
+    }
 }

@@ -109,12 +109,12 @@ impl TestServer {
     }
 
     pub fn cert_pem(&self) -> PathBuf {
-        self.dir.path().join("tls/cert.pem")
+        self.config.data_dir.join("tls/cert.pem")
     }
 
     pub fn maildir(&self, domain: &str, user: &str) -> PathBuf {
-        self.dir
-            .path()
+        self.config
+            .data_dir
             .join("mail")
             .join(domain)
             .join(user)
@@ -151,7 +151,7 @@ impl TestServer {
 
     /// Files in the spool (bodies of messages not yet final).
     pub fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("spool"))
+        std::fs::read_dir(self.config.data_dir.join("spool"))
             .map(|d| d.count())
             .unwrap_or(0)
     }

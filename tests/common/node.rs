@@ -23,6 +23,8 @@ pub struct Node {
     pub config: PathBuf,
     pub smtp: SocketAddr,
     pub submission: SocketAddr,
+    /// An SMTP listener that takes AUTH without TLS (loopback scripts).
+    pub plain_auth: SocketAddr,
     child: Option<Child>,
 }
 
@@ -35,6 +37,7 @@ impl Node {
     /// `[dns]` there replaces the default, which points nowhere).
     pub fn with_config(dir: &Path, extra: &str) -> Node {
         let (smtp, submission, smtps) = (free_port(), free_port(), free_port());
+        let plain_auth = free_port();
         let dns = if extra.contains("[dns]") {
             ""
         } else {
@@ -56,6 +59,10 @@ mode = "submission"
 [[listener]]
 address = "127.0.0.1:{smtps}"
 mode = "smtps"
+[[listener]]
+address = "127.0.0.1:{plain_auth}"
+mode = "smtp"
+allow_plaintext_auth = true
 [domains]
 local = ["example.test"]
 {dns}{extra}
@@ -69,6 +76,7 @@ local = ["example.test"]
             config,
             smtp: format!("127.0.0.1:{smtp}").parse().unwrap(),
             submission: format!("127.0.0.1:{submission}").parse().unwrap(),
+            plain_auth: format!("127.0.0.1:{plain_auth}").parse().unwrap(),
             child: None,
         }
     }

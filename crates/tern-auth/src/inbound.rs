@@ -57,7 +57,14 @@ impl InboundChecker {
         opts.attempts = 2;
         opts.ndots = 0;
         let auth = if dns.nameservers.is_empty() {
-            MessageAuthenticator::new_system_conf()
+            // The system's servers, with Tern's timeout and no search list.
+            let (config, system) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("reading /etc/resolv.conf: {e}"))?;
+            let mut opts = system;
+            opts.timeout = dns.timeout.0;
+            opts.attempts = 2;
+            opts.ndots = 0;
+            MessageAuthenticator::new(config, opts)
         } else {
             let servers = dns
                 .nameservers
@@ -151,42 +158,60 @@ impl InboundChecker {
     }
 }
 
-/// Removes Authentication-Results fields that claim to come from this
-/// server (authserv-id `hostname`): only this server may write those, so
-/// any already present were forged (RFC 8601 5). Fields of other
-/// authserv-ids stay.
+/// Removes header fields only this server may write: Authentication-Results
+/// fields that claim to come from it (authserv-id `hostname`, RFC 8601 5)
+/// and its own quarantine mark. Any already present were forged. Fields
+/// of other authserv-ids stay.
 pub fn strip_own_results(message: &[u8], hostname: &str) -> Vec<u8> {
     let header_end = find_header_end(message);
     let (head, body) = message.split_at(header_end);
     let mut out = Vec::with_capacity(message.len());
-    let mut skipping = false;
+    // Whole fields: the first line and its folded continuation lines.
+    let mut field: Vec<u8> = Vec::new();
     for line in head.split_inclusive(|b| *b == b'\n') {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation {
-            skipping = is_own_result(line, hostname);
+        if !continuation && !field.is_empty() {
+            keep_unless_own(&field, hostname, &mut out);
+            field.clear();
         }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
+        field.extend_from_slice(line);
+    }
+    if !field.is_empty() {
+        keep_unless_own(&field, hostname, &mut out);
     }
     out.extend_from_slice(body);
     out
 }
 
-fn is_own_result(line: &[u8], hostname: &str) -> bool {
-    let Some(colon) = line.iter().position(|b| *b == b':') else {
+fn keep_unless_own(field: &[u8], hostname: &str, out: &mut Vec<u8>) {
+    if !is_own_field(field, hostname) {
+        out.extend_from_slice(field);
+    }
+}
+
+fn is_own_field(field: &[u8], hostname: &str) -> bool {
+    let Some(colon) = field.iter().position(|b| *b == b':') else {
         return false;
     };
-    if !line[..colon]
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"authentication-results")
-    {
+    let name = field[..colon].trim_ascii();
+    if name.eq_ignore_ascii_case(b"x-tern-quarantine") {
+        return true;
+    }
+    if !name.eq_ignore_ascii_case(b"authentication-results") {
         return false;
     }
-    let value = String::from_utf8_lossy(&line[colon + 1..]);
-    let id = value
-        .trim()
-        .split([';', ' ', '\t', '\r', '\n'])
+    // The authserv-id is the first token, after any folding and comments.
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
+    let mut rest = value.trim_start();
+    while let Some(after) = rest.strip_prefix('(') {
+        rest = after
+            .split_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .trim_start();
+    }
+    let id = rest
+        .split([';', ' ', '\t', '\r', '\n', '('])
         .next()
         .unwrap_or("");
     id.eq_ignore_ascii_case(hostname)
@@ -210,7 +235,7 @@ mod tests {
 
     #[test]
     fn strips_only_our_own_results() {
-        let m = b"Authentication-Results: mx.example.test; spf=pass\r\n\tsmtp.mailfrom=x\r\nAuthentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n";
+        let m = b"Authentication-Results: mx.example.test; spf=pass\r\n\tsmtp.mailfrom=x\r\nAuthentication-Results:\r\n  (comment) mx.example.test; dkim=pass\r\nX-Tern-Quarantine: no\r\nAuthentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n";
         let out = String::from_utf8(strip_own_results(m, "MX.example.test")).unwrap();
         assert_eq!(
             out,

@@ -93,6 +93,10 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     /// Failed AUTH attempts on one connection before it is closed.
     pub max_auth_failures: u32,
+    /// Below this much free space (octets) in `data_dir`, MAIL is answered
+    /// 452 4.3.1 instead of accepting mail that might not fit (like
+    /// OpenSMTPD's and Postfix's queue_minfree).
+    pub min_free_space: u64,
 }
 
 impl Default for LimitsConfig {
@@ -107,6 +111,7 @@ impl Default for LimitsConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_auth_failures: 3,
+            min_free_space: 50 * 1024 * 1024,
         }
     }
 }

@@ -143,9 +143,18 @@ impl Scheduler {
     /// read by the transport piece by piece, never whole.
     async fn attempt(&self, due: Vec<DueRecipient>) {
         let first = &due[0];
+        if let Some(reason) = self.damage(&due).await {
+            // Like Postfix's corrupt queue: set aside with a log line, and
+            // go on delivering everything else.
+            tracing::error!(id = %first.message_id, %reason, "message damaged; quarantined");
+            if let Err(e) = self.store().quarantine(first.message_id, &reason).await {
+                tracing::error!(id = %first.message_id, error = %e, "cannot quarantine");
+            }
+            return;
+        }
         let recipients: Vec<Address> = due
             .iter()
-            .map(|d| Address::parse(&d.address).expect("stored addresses were validated"))
+            .filter_map(|d| Address::parse(&d.address).ok())
             .collect();
         let job = Job {
             id: first.message_id,
@@ -165,6 +174,25 @@ impl Scheduler {
             .map(|(d, a)| self.result(d, a, at))
             .collect();
         self.record(&due, results).await;
+    }
+
+    /// Why a message cannot be delivered as stored, if it cannot: a body
+    /// that is gone or shorter than when it was accepted, or a recipient
+    /// address that no longer parses. `None` also when the store cannot be
+    /// asked right now (that is retried, not quarantined).
+    async fn damage(&self, due: &[DueRecipient]) -> Option<String> {
+        let first = &due[0];
+        if let Some(d) = due.iter().find(|d| Address::parse(&d.address).is_err()) {
+            return Some(format!("recipient address {:?} is not valid", d.address));
+        }
+        match self.store().body_size(first.message_id).await {
+            Ok(None) => Some("the message body is missing".into()),
+            Ok(Some(n)) if n != first.size => Some(format!(
+                "the message body is {n} octets, {} when accepted",
+                first.size
+            )),
+            _ => None,
+        }
     }
 
     /// Turns a transport's answer into the stored outcome: retry on schedule

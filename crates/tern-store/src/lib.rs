@@ -93,6 +93,15 @@ pub trait Store: Send + Sync + 'static {
     /// are read this way so a large one is never held whole.
     async fn body_chunk(&self, id: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
 
+    /// The stored size of a body, `None` when it is gone: compared with the
+    /// size recorded at commit, it tells a truncated body.
+    async fn body_size(&self, id: MessageId) -> Result<Option<u64>>;
+
+    /// Sets a damaged message aside: its pending recipients become failed
+    /// with `reason` (no bounce), and what is left of its body is kept for
+    /// inspection (the embedded backend moves it to `quarantine/`).
+    async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()>;
+
     /// A whole body, for callers that need it whole (tests, tools).
     async fn read_body(&self, id: MessageId) -> Result<Vec<u8>> {
         let mut body = Vec::new();

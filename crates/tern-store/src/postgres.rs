@@ -450,6 +450,45 @@ impl Store for PgStore {
         Ok(chunk)
     }
 
+    async fn body_size(&self, id: MessageId) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(LENGTH(data))::BIGINT FROM bodies WHERE message_id = $1 HAVING COUNT(*) > 0",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(size.map(|s| s as u64))
+    }
+
+    async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()> {
+        let now = tern_core::unix_now();
+        let detail = format!("quarantined: {reason}");
+        let mut tx = self.pool.begin().await?;
+        let addresses: Vec<String> = sqlx::query_scalar(
+            "UPDATE recipients SET status = 'failed', detail = $1, leased_until = NULL, leased_by = NULL
+             WHERE message_id = $2 AND status IN ('queued', 'deferred') RETURNING address",
+        )
+        .bind(&detail)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for address in addresses {
+            insert_event(
+                &mut tx,
+                &id.to_string(),
+                Some(&address),
+                "quarantined",
+                Some(reason),
+                now,
+            )
+            .await?;
+        }
+        // The body rows stay, for inspection.
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn sweep(&self) -> Result<usize> {
         // Bodies are committed and released in the same transactions as
         // their rows, so a crash leaves nothing behind to sweep.

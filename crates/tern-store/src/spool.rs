@@ -70,6 +70,16 @@ impl Spool {
         }
     }
 
+    /// Moves a body to `quarantine/` beside the spool, for inspection.
+    pub fn set_aside(&self, id: MessageId) -> std::io::Result<()> {
+        let dir = self.dir.with_file_name("quarantine");
+        fs::create_dir_all(&dir)?;
+        match fs::rename(self.path(id), dir.join(id.to_string())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Every id that has a body file. Files that are not ours are ignored.
     pub fn list(&self) -> std::io::Result<Vec<MessageId>> {
         let mut ids = Vec::new();

@@ -452,6 +452,43 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn body_size(&self, id: MessageId) -> Result<Option<u64>> {
+        match std::fs::metadata(self.spool.path(id)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()> {
+        let now = tern_core::unix_now();
+        let detail = format!("quarantined: {reason}");
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "UPDATE recipients SET status = 'failed', detail = ?, leased_until = NULL
+             WHERE message_id = ? AND status IN ('queued', 'deferred') RETURNING address",
+        )
+        .bind(&detail)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in rows {
+            let address: String = r.get("address");
+            insert_event(
+                &mut tx,
+                &id.to_string(),
+                Some(&address),
+                "quarantined",
+                Some(reason),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.spool.set_aside(id)?;
+        Ok(())
+    }
+
     async fn sweep(&self) -> Result<usize> {
         let pending: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred')",

@@ -59,6 +59,7 @@ both_backends!(
     two_claimers_never_share_a_recipient,
     large_body_round_trips,
     domains_and_keys,
+    quarantine_sets_a_message_aside,
 );
 
 async fn commit_claim_record_release(store: Arc<dyn Store>) {
@@ -304,6 +305,27 @@ async fn domains_and_keys(store: Arc<dyn Store>) {
         store.dkim_keys(None).await.unwrap().is_empty(),
         "keys go with their domain"
     );
+}
+
+async fn quarantine_sets_a_message_aside(store: Arc<dyn Store>) {
+    let m = message(&["a@x.test", "b@y.test"], 100);
+    let (id, size) = (m.id, m.body.len() as u64);
+    store.commit_message(m).await.unwrap();
+    assert_eq!(store.body_size(id).await.unwrap(), Some(size));
+    assert_eq!(store.body_size(MessageId::generate()).await.unwrap(), None);
+    store
+        .quarantine(id, "the message body is missing")
+        .await
+        .unwrap();
+    let q = store.get_message(id).await.unwrap().unwrap();
+    assert!(q.recipients.iter().all(|r| r.status.kind() == "failed"));
+    assert!(store
+        .claim_due(1_000, 2_000, &RetryPolicy::default(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let events = store.message_events(id).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "quarantined").count(), 2);
 }
 
 #[tokio::test]

@@ -135,6 +135,7 @@ impl Session {
     async fn accept(&mut self, tx: Transaction) {
         if let Some(user) = self.user.clone() {
             if let Err(reply) = self.check_header_from(&user, &tx.body).await {
+                tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.error(reply);
                 return;
             }
@@ -144,6 +145,7 @@ impl Session {
         let checks = match self.inbound_checks(&tx, &body).await {
             Ok(headers) => headers,
             Err(reply) => {
+                tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.error(reply);
                 return;
             }
@@ -217,11 +219,12 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot queue message");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary storage failure, try again later",
-                ));
+                let reply = if e.to_string().contains("No space left") {
+                    Reply::new(451, "4.3.1", "Insufficient system storage, try again later")
+                } else {
+                    Reply::new(451, "4.3.0", "Temporary storage failure, try again later")
+                };
+                self.reply(reply);
             }
         }
     }

@@ -40,6 +40,18 @@ impl Session {
             self.error(Reply::new(555, "5.5.4", "BODY=BINARYMIME is not supported"));
             return;
         }
+        // RFC 5321 4.5.3.1.10 / 3463 4.3.1: refuse politely while storage is
+        // short rather than fail half-way through the data.
+        let floor = self.ctx.config.limits.min_free_space;
+        if crate::limits::free_space(&self.ctx.config.data_dir).is_some_and(|free| free < floor) {
+            tracing::warn!(floor, "free space in the data directory is below the floor");
+            self.reply(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage, try again later",
+            ));
+            return;
+        }
         let max = self.ctx.config.limits.max_message_size;
         if params.size.is_some_and(|s| s > max) {
             // RFC 1870 6.
