@@ -56,6 +56,12 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve | Command::Bench(_)) {
+        // A command whose output goes to `head` should end quietly when the
+        // pipe closes, as Unix tools do, not panic on the write.
+        // SAFETY: restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Serve => {
             let config = load_config(cli.config.as_deref())?;
