@@ -754,20 +754,42 @@ async fn helo_fallback_and_a_bounce_is_never_bounced() {
         ehlo: false,
         ..Script::default()
     };
-    script.rcpt_replies.insert("nobody@implicit.test".into(), "550 5.1.1 no such user".into());
+    script.rcpt_replies.insert(
+        "nobody@implicit.test".into(),
+        "550 5.1.1 no such user".into(),
+    );
     let fake = FakeSmtp::start(ip(MX1), port, script).await;
     let t = tern(&dns, port, |_| {}).await;
-    submit(&t, &["wes@implicit.test"], "Subject: old server\r\n\r\nx\r\n").await;
+    submit(
+        &t,
+        &["wes@implicit.test"],
+        "Subject: old server\r\n\r\nx\r\n",
+    )
+    .await;
     let got = fake.wait_received(1, 15).await;
-    assert!(fake.commands().iter().any(|c| c.starts_with("HELO ")), "{:?}", fake.commands());
+    assert!(
+        fake.commands().iter().any(|c| c.starts_with("HELO ")),
+        "{:?}",
+        fake.commands()
+    );
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
-    assert!(!got[0].mail_from.contains("SIZE="), "no ESMTP parameters after HELO: {}", got[0].mail_from);
+    assert!(
+        !got[0].mail_from.contains("SIZE="),
+        "no ESMTP parameters after HELO: {}",
+        got[0].mail_from
+    );
 
     // A message with the null sender (a bounce) that fails is not bounced.
     let mut c = Client::connect(t.smtp_plain_auth()).await;
     c.ehlo().await;
     c.auth_plain(USER, PASSWORD, "235").await;
-    let r = c.mail("", &["nobody@implicit.test"], "Subject: a bounce\r\n\r\nx\r\n").await;
+    let r = c
+        .mail(
+            "",
+            &["nobody@implicit.test"],
+            "Subject: a bounce\r\n\r\nx\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250);
     let id = r.lines[0].rsplit(' ').next().unwrap().to_string();
     wait_history(&t, &id, "failed nobody@implicit.test 550 5.1.1").await;

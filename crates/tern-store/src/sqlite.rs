@@ -31,6 +31,12 @@ struct Commit {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// For delivery bookkeeping (claims, leases, results): commits without
+    /// waiting for fsync (synchronous=NORMAL, still atomic and safe across a
+    /// process crash). Power loss can only undo the last of these, which
+    /// means an attempt made again: a duplicate at worst, never a lost
+    /// message, whose acceptance is always committed with a full fsync.
+    state: SqlitePool,
     spool: Spool,
     writer: mpsc::Sender<Commit>,
 }
@@ -53,13 +59,18 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
+            .await?;
+        let state = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await?;
         MIGRATOR.run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer(pool.clone(), spool.clone(), rx));
         Ok(SqliteStore {
             pool,
+            state,
             spool,
             writer: tx,
         })
@@ -213,7 +224,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DueRecipient>> {
         // IMMEDIATE takes SQLite's write lock first, so two processes never
         // both claim the same rows.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
              FROM recipients r JOIN messages m ON m.id = r.message_id
@@ -264,7 +275,7 @@ impl Store for SqliteStore {
         if recipients.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
         let mut n = 0;
         for (id, idx) in recipients {
             n += sqlx::query(
@@ -304,7 +315,7 @@ impl Store for SqliteStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
         for r in results {
             let id = r.message_id.to_string();
             let status = r.outcome.status();
