@@ -123,6 +123,7 @@ impl Server {
         };
         let ctx = Arc::new(SmtpContext {
             limiter: SmtpContext::limiter(&config),
+            auth_throttle: tern_smtp::AuthThrottle::new(config.limits.max_auth_failures_per_ip),
             tls: tokio_rustls::TlsAcceptor::from(tls),
             queue,
             directory,

@@ -160,3 +160,19 @@ async fn lettre_starttls_and_implicit_tls_with_auth() {
         .iter()
         .all(|m| String::from_utf8_lossy(m).contains("Sent with lettre.")));
 }
+
+#[tokio::test]
+async fn password_guessing_across_connections_is_throttled_per_address() {
+    let t = TestServer::start_with(|c| c.limits.max_auth_failures_per_ip = 4).await;
+    for _ in 0..2 {
+        let mut c = Client::connect(t.smtp_plain_auth()).await;
+        c.ehlo().await;
+        c.auth_plain(USER, "guess1", "535 5.7.8").await;
+        c.auth_plain(USER, "guess2", "535 5.7.8").await;
+    }
+    // Four failures from 127.0.0.1: now even the right password is not
+    // checked, on a fresh connection.
+    let mut c = Client::connect(t.smtp_plain_auth()).await;
+    c.ehlo().await;
+    c.auth_plain(USER, PASSWORD, "454 4.7.0").await;
+}

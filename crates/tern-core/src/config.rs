@@ -93,6 +93,10 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     /// Failed AUTH attempts on one connection before it is closed.
     pub max_auth_failures: u32,
+    /// Failed AUTH attempts from one IP address within 10 minutes after
+    /// which AUTH from it is refused (454 4.7.0) without checking anything:
+    /// guessing passwords over many connections gets nowhere either.
+    pub max_auth_failures_per_ip: u32,
     /// Below this much free space (octets) in `data_dir`, MAIL is answered
     /// 452 4.3.1 instead of accepting mail that might not fit (like
     /// OpenSMTPD's and Postfix's queue_minfree).
@@ -111,6 +115,7 @@ impl Default for LimitsConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_auth_failures: 3,
+            max_auth_failures_per_ip: 20,
             min_free_space: 50 * 1024 * 1024,
         }
     }
@@ -479,6 +484,16 @@ impl Config {
             return Err(invalid(
                 "limits.max_message_size",
                 "must be at least 1024".into(),
+            ));
+        }
+        if l.max_auth_failures == 0 || l.max_auth_failures_per_ip == 0 {
+            return Err(invalid(
+                if l.max_auth_failures == 0 {
+                    "limits.max_auth_failures"
+                } else {
+                    "limits.max_auth_failures_per_ip"
+                },
+                "must be at least 1".into(),
             ));
         }
         if l.max_connections == 0 {

@@ -20,7 +20,7 @@ use tern_delivery::Directory;
 use tern_queue::Queue;
 use tokio_rustls::TlsAcceptor;
 
-pub use limits::ConnectionLimiter;
+pub use limits::{AuthThrottle, ConnectionLimiter};
 pub use listener::{bind_all, serve, BoundListener};
 
 /// What every session shares. Passed down, never global, so two servers can
@@ -36,6 +36,7 @@ pub struct SmtpContext {
     /// SPF/DKIM/ARC/DMARC for inbound mail; `None` when turned off.
     pub inbound: Option<Arc<InboundChecker>>,
     pub limiter: Arc<ConnectionLimiter>,
+    pub auth_throttle: AuthThrottle,
 }
 
 impl SmtpContext {

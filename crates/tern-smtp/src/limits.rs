@@ -15,6 +15,44 @@ pub fn free_space(path: &std::path::Path) -> Option<u64> {
     (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Failed AUTH attempts per client address over a sliding window.
+pub struct AuthThrottle {
+    max: u32,
+    window: std::time::Duration,
+    failures: Mutex<HashMap<IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl AuthThrottle {
+    pub fn new(max: u32) -> AuthThrottle {
+        AuthThrottle {
+            max,
+            window: std::time::Duration::from_secs(600),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether AUTH from `ip` is refused for now.
+    pub fn blocked(&self, ip: IpAddr) -> bool {
+        let map = self.failures.lock().expect("not poisoned");
+        map.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < self.window && *n >= self.max)
+    }
+
+    pub fn failed(&self, ip: IpAddr) {
+        let mut map = self.failures.lock().expect("not poisoned");
+        if map.len() > 100_000 {
+            // Bounded memory under a spray of addresses.
+            let window = self.window;
+            map.retain(|_, (since, _)| since.elapsed() < window);
+        }
+        let entry = map.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= self.window {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
 pub struct ConnectionLimiter {
     max_total: usize,
     max_per_ip: usize,

@@ -116,7 +116,16 @@ impl Session {
 
     async fn check_credentials(&mut self, username: &str, password: &str, authzid: &str) -> Flow {
         // Acting as another user (an authzid that differs) is not offered.
+        if self.ctx.auth_throttle.blocked(self.peer.ip()) {
+            tracing::warn!(peer = %self.peer, "AUTH refused: too many failures from this address");
+            return self.auth_failed(Reply::new(
+                454,
+                "4.7.0",
+                "Too many authentication failures from your address, try again later",
+            ));
+        }
         if !authzid.is_empty() && authzid != username {
+            self.ctx.auth_throttle.failed(self.peer.ip());
             return self.auth_failed(invalid_credentials());
         }
         match self.ctx.auth.verify(username, password).await {
@@ -127,6 +136,7 @@ impl Session {
                 Flow::Continue
             }
             Ok(false) => {
+                self.ctx.auth_throttle.failed(self.peer.ip());
                 tracing::warn!(peer = %self.peer, user = ?username, "authentication failed");
                 self.auth_failed(invalid_credentials())
             }
