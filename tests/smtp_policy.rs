@@ -305,3 +305,41 @@ async fn storage_failure_answers_451_and_leaves_nothing() {
     assert_eq!(r.code, 250, "{:?}", r.lines);
     t.wait_mailbox(DOMAIN, "alice", 1).await;
 }
+
+#[tokio::test]
+async fn a_command_dripped_byte_by_byte_still_times_out() {
+    let t = TestServer::start_with(|c| {
+        c.limits.command_timeout = tern_core::config::HumanDuration(Duration::from_secs(2))
+    })
+    .await;
+    let mut c = Client::connect(t.smtp()).await;
+    // Each byte comes well within the timeout, the command as a whole not.
+    for b in b"NOOP" {
+        c.send(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn message_data_dripped_slowly_is_cut_off() {
+    let t = TestServer::start_with(|c| c.limits.min_data_rate = 1000).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    // 20 octets a second: far below 1000 once the 10 s grace is over.
+    let started = std::time::Instant::now();
+    let reply = loop {
+        c.send(b"Subject: slow line\r\n").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(10), c.try_read()).await {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never cut off");
+    };
+    assert!(reply.lines[0].starts_with("421 4.4.2"), "{:?}", reply.lines);
+    assert_eq!(t.queued().await, 0);
+}

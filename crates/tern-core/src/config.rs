@@ -97,6 +97,10 @@ pub struct LimitsConfig {
     /// which AUTH from it is refused (454 4.7.0) without checking anything:
     /// guessing passwords over many connections gets nowhere either.
     pub max_auth_failures_per_ip: u32,
+    /// Slowest message data accepted, in octets per second, averaged from
+    /// 10 s into DATA/BDAT on (0 turns the check off): a client dripping
+    /// data to hold a connection (slowloris) is cut off with 421 4.4.2.
+    pub min_data_rate: u64,
     /// Below this much free space (octets) in `data_dir`, MAIL is answered
     /// 452 4.3.1 instead of accepting mail that might not fit (like
     /// OpenSMTPD's and Postfix's queue_minfree).
@@ -117,6 +121,7 @@ impl Default for LimitsConfig {
             max_auth_failures: 3,
             max_auth_failures_per_ip: 20,
             min_free_space: 50 * 1024 * 1024,
+            min_data_rate: 256,
         }
     }
 }

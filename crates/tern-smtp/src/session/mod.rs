@@ -77,7 +77,16 @@ pub struct Session {
     auth_failures: u32,
     errors: u32,
     tx: Option<Transaction>,
+    /// A command must be complete by then, however slowly its bytes came
+    /// (RFC 5321 4.5.3.2.7's 5 minutes are for the whole command).
+    command_deadline: tokio::time::Instant,
+    /// When message data began and how much has come since.
+    data_clock: Option<(tokio::time::Instant, u64)>,
 }
+
+/// Message data is allowed to start slowly for this long before its rate
+/// is judged.
+const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 
 impl Session {
     pub fn new(
@@ -87,6 +96,7 @@ impl Session {
         shutdown: watch::Receiver<bool>,
     ) -> Session {
         let max_line = ctx.config.limits.max_command_line;
+        let command_deadline = tokio::time::Instant::now() + ctx.config.limits.command_timeout.0;
         Session {
             ctx,
             listener,
@@ -102,6 +112,8 @@ impl Session {
             auth_failures: 0,
             errors: 0,
             tx: None,
+            command_deadline,
+            data_clock: None,
         }
     }
 
@@ -147,13 +159,15 @@ impl Session {
     /// a shutdown request. `None` ends the session.
     async fn read(&mut self, buf: &mut [u8]) -> Option<usize> {
         let limits = &self.ctx.config.limits;
-        let (timeout, in_command) = match self.state {
-            State::Data(_) | State::Bdat { .. } => (limits.data_timeout.0, false),
-            _ => (limits.command_timeout.0, true),
+        let (deadline, in_command) = match self.state {
+            State::Data(_) | State::Bdat { .. } => {
+                (tokio::time::Instant::now() + limits.data_timeout.0, false)
+            }
+            _ => (self.command_deadline, true),
         };
         let mut shutdown = self.shutdown.clone();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, self.conn.read(buf)) => r,
+            r = tokio::time::timeout_at(deadline, self.conn.read(buf)) => r,
             _ = wait_true(&mut shutdown), if in_command => {
                 self.reply(Reply::new(421, "4.3.2", "Service shutting down, try again later"));
                 let _ = self.flush().await;
@@ -200,6 +214,14 @@ impl Session {
     /// Feeds received bytes through the current state. A state change in
     /// the middle (DATA, BDAT, end of data) hands the rest to the new state.
     async fn ingest(&mut self, bytes: &[u8]) -> Flow {
+        if self.too_slow(bytes.len()) {
+            self.reply(Reply::new(
+                421,
+                "4.4.2",
+                "Data arriving too slowly, closing connection",
+            ));
+            return Flow::Close;
+        }
         let (mut flow, mut rest) = self.step(bytes).await;
         while flow == Flow::Continue {
             match rest.take() {
@@ -208,6 +230,22 @@ impl Session {
             }
         }
         flow
+    }
+
+    /// The slowloris check: message data averaging less than
+    /// `min_data_rate` once past the grace period.
+    fn too_slow(&mut self, n: usize) -> bool {
+        if !matches!(self.state, State::Data(_) | State::Bdat { .. }) {
+            self.data_clock = None;
+            return false;
+        }
+        let min = self.ctx.config.limits.min_data_rate;
+        let (start, bytes) = self
+            .data_clock
+            .get_or_insert((tokio::time::Instant::now(), 0));
+        *bytes += n as u64;
+        let elapsed = start.elapsed();
+        min > 0 && elapsed > DATA_RATE_GRACE && (*bytes as f64) < min as f64 * elapsed.as_secs_f64()
     }
 
     async fn step(&mut self, bytes: &[u8]) -> (Flow, Option<Vec<u8>>) {
@@ -230,6 +268,8 @@ impl Session {
                         else {
                             unreachable!()
                         };
+                        self.command_deadline =
+                            tokio::time::Instant::now() + self.ctx.config.limits.command_timeout.0;
                         self.end_of_data(reader.error()).await;
                         (Flow::Continue, Some(bytes[consumed..].to_vec()))
                     }
@@ -244,12 +284,16 @@ impl Session {
                     return (Flow::Continue, None);
                 }
                 self.state = State::Command;
+                self.command_deadline =
+                    tokio::time::Instant::now() + self.ctx.config.limits.command_timeout.0;
                 self.end_of_chunk(last).await;
                 (Flow::Continue, Some(bytes[take..].to_vec()))
             }
             State::Command | State::Auth(_) => {
                 self.input.push(bytes);
                 while let Some(line) = self.input.next_line() {
+                    self.command_deadline =
+                        tokio::time::Instant::now() + self.ctx.config.limits.command_timeout.0;
                     let flow = match line {
                         Ok(line) => self.on_line(line).await,
                         Err(LineError::TooLong) => self.error(Reply::line_too_long()),
