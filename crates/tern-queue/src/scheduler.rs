@@ -177,7 +177,7 @@ impl Scheduler {
     }
 
     /// Why a message cannot be delivered as stored, if it cannot: a body
-    /// that is gone or shorter than when it was accepted, or a recipient
+    /// that is gone or not the size it was when accepted, or a recipient
     /// address that no longer parses. `None` also when the store cannot be
     /// asked right now (that is retried, not quarantined).
     async fn damage(&self, due: &[DueRecipient]) -> Option<String> {

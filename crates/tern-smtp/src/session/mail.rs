@@ -44,7 +44,7 @@ impl Session {
         // short rather than fail half-way through the data.
         let floor = self.ctx.config.limits.min_free_space;
         if crate::limits::free_space(&self.ctx.config.data_dir).is_some_and(|free| free < floor) {
-            tracing::warn!(floor, "free space in the data directory is below the floor");
+            tracing::debug!(floor, "free space in the data directory is below the floor");
             self.reply(Reply::new(
                 452,
                 "4.3.1",
