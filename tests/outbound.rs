@@ -798,3 +798,61 @@ async fn helo_fallback_and_a_bounce_is_never_bounced() {
     assert!(t.mailbox(DOMAIN, "alice").is_empty());
     assert!(t.mailbox(DOMAIN, "postmaster").is_empty());
 }
+
+#[tokio::test]
+async fn remote_faults_defer_and_the_message_goes_later() {
+    let port = free_port(&[ip(MX1), ip(MX2)]);
+    let dns = TestDns::start("reset.test A 127.0.0.2\nsilent.test A 127.0.0.3\n").await;
+    // One remote resets the connection in the middle of the data.
+    let reset = FakeSmtp::start(
+        ip(MX1),
+        port,
+        Script {
+            close_after_data_start: true,
+            ..Script::default()
+        },
+    )
+    .await;
+    // The other accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind((ip(MX2), port))
+        .await
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    let t = tern(&dns, port, |c| {
+        c.delivery.command_timeout = HumanDuration(Duration::from_secs(1));
+        c.queue.retry = vec![HumanDuration(Duration::from_secs(3600))];
+    })
+    .await;
+    let id = submit(
+        &t,
+        &["a@reset.test", "b@silent.test"],
+        "Subject: faults\r\n\r\nx\r\n",
+    )
+    .await;
+    wait_history(&t, &id, "deferred a@reset.test 451").await;
+    wait_history(&t, &id, "deferred b@silent.test 451").await;
+    let h = history(&t, &id).await;
+    assert!(
+        h.iter()
+            .any(|l| l.contains("b@silent.test") && l.contains("timeout")),
+        "{h:?}"
+    );
+    // Both stay queued; when the remotes behave, the retry delivers.
+    held.abort();
+    let _ = held.await;
+    reset.set_script(|s| s.close_after_data_start = false);
+    let good = FakeSmtp::start(ip(MX2), port, Script::default()).await;
+    t.server()
+        .store
+        .retry_now(Some(id.parse().unwrap()), tern_core::unix_now())
+        .await
+        .unwrap();
+    wait_history(&t, &id, "delivered a@reset.test").await;
+    wait_history(&t, &id, "delivered b@silent.test").await;
+    assert_eq!(good.received().len(), 1);
+}

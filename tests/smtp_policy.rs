@@ -343,3 +343,35 @@ async fn message_data_dripped_slowly_is_cut_off() {
     assert!(reply.lines[0].starts_with("421 4.4.2"), "{:?}", reply.lines);
     assert_eq!(t.queued().await, 0);
 }
+
+#[tokio::test]
+async fn huge_header_blocks_and_mime_bombs_are_handled_in_bounded_time() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp_plain_auth()).await;
+    c.ehlo().await;
+    c.auth_plain(USER, PASSWORD, "235").await;
+    // 20,000 header fields, then 2,000 nested multiparts with 3,000 parts at
+    // the bottom: Tern never walks the MIME tree, and reads headers linearly.
+    let mut m = String::from("From: alice@example.test\r\nSubject: bomb\r\n");
+    for i in 0..20_000 {
+        m.push_str(&format!("X-Filler-{i}: {}\r\n", "h".repeat(30)));
+    }
+    m.push_str("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n");
+    for i in 0..2_000 {
+        m.push_str(&format!(
+            "--b{i}\r\nContent-Type: multipart/mixed; boundary=\"b{}\"\r\n\r\n",
+            i + 1
+        ));
+    }
+    for _ in 0..3_000 {
+        m.push_str("--b2000\r\nContent-Type: text/plain\r\n\r\nx\r\n");
+    }
+    m.push_str("--b2000--\r\n");
+    let started = std::time::Instant::now();
+    let r = c
+        .mail("alice@example.test", &["alice@example.test"], &m)
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    c.cmd("NOOP", "250").await;
+    t.wait_mailbox(DOMAIN, "alice", 1).await;
+}
