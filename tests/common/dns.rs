@@ -430,6 +430,17 @@ fn parse_txt(data: &str) -> Result<Vec<String>, String> {
                 match chars.next() {
                     Some('"') => break,
                     Some('\\') => match chars.next() {
+                        // \DDD: the octet with that decimal value (RFC 1035 5.1).
+                        Some(d) if d.is_ascii_digit() => {
+                            let mut v = d.to_digit(10).unwrap_or(0);
+                            for _ in 0..2 {
+                                match chars.next_if(|c| c.is_ascii_digit()) {
+                                    Some(c) => v = v * 10 + c.to_digit(10).unwrap_or(0),
+                                    None => return Err("\\DDD needs three digits".into()),
+                                }
+                            }
+                            s.push(char::from(u8::try_from(v).map_err(|_| "\\DDD over 255")?));
+                        }
                         Some(c) => s.push(c),
                         None => return Err("TXT ends inside an escape".into()),
                     },
