@@ -374,3 +374,68 @@ async fn huge_header_blocks_and_mime_bombs_are_handled_in_bounded_time() {
     c.cmd("NOOP", "250").await;
     t.wait_mailbox(DOMAIN, "alice", 1).await;
 }
+
+/// A ready session on each kind of listener: port 25 style without AUTH,
+/// submission after STARTTLS and AUTH, SMTPS after AUTH.
+async fn sessions(t: &TestServer) -> Vec<(&'static str, Client)> {
+    let mut plain = Client::connect(t.smtp()).await;
+    plain.ehlo().await;
+    let mut sub = Client::connect(t.submission()).await;
+    sub.ehlo().await;
+    let mut sub = sub.starttls(&t.cert_pem()).await;
+    sub.ehlo().await;
+    sub.auth_plain(USER, PASSWORD, "235").await;
+    let mut tls = Client::connect_tls(t.smtps(), &t.cert_pem()).await;
+    tls.ehlo().await;
+    tls.auth_plain(USER, PASSWORD, "235").await;
+    vec![("smtp", plain), ("submission", sub), ("smtps", tls)]
+}
+
+#[tokio::test]
+async fn smuggling_is_refused_on_every_listener_over_data_and_bdat_even_fully_pipelined() {
+    let t = TestServer::start().await;
+    for (listener, mut c) in sessions(&t).await {
+        for (i, fake) in SMUGGLING.iter().enumerate() {
+            // The pipelining variant: the whole carrier transaction, the
+            // fake end, the smuggled one and the real end in one write.
+            let carrier = format!(
+                "MAIL FROM:<alice@example.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: {listener} {i}\r\n\r\nbody{fake}MAIL FROM:<admin@example.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nNOOP\r\n"
+            );
+            c.send(carrier.as_bytes()).await;
+            c.expect("250 2.1.0").await;
+            c.expect("250 2.1.5").await;
+            c.expect("354").await;
+            let r = c.read().await;
+            assert!(
+                r.lines[0].starts_with("550 5.6.0"),
+                "{listener} {fake:?}: {:?}",
+                r.lines
+            );
+            c.expect("250 2.0.0").await; // the NOOP, in step
+                                         // The same bytes as a BDAT chunk are refused too.
+            let chunk =
+                format!("Subject: bdat\r\n\r\nbody{fake}MAIL FROM:<admin@example.test>\r\n");
+            c.send(
+                format!(
+                    "MAIL FROM:<alice@example.test>\r\nRCPT TO:<alice@example.test>\r\nBDAT {} LAST\r\n{chunk}NOOP\r\n",
+                    chunk.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+            c.expect("250 2.1.0").await;
+            c.expect("250 2.1.5").await;
+            let r = c.read().await;
+            assert!(
+                r.lines[0].starts_with("550 5.6.0"),
+                "{listener} BDAT {fake:?}: {:?}",
+                r.lines
+            );
+            c.expect("250 2.0.0").await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.queued().await, 0);
+    assert!(t.mailbox(DOMAIN, "alice").is_empty());
+    assert!(t.mailbox(DOMAIN, "admin").is_empty());
+}
