@@ -77,13 +77,11 @@ impl Scheduler {
                             let permit = slots.clone().acquire_owned().await.expect("open");
                             let this = this.clone();
                             running.spawn(async move {
-                                let keys: Vec<_> =
-                                    job.iter().map(|d| (d.message_id, d.idx)).collect();
+                                let _running = InFlight {
+                                    scheduler: this.clone(),
+                                    keys: job.iter().map(|d| (d.message_id, d.idx)).collect(),
+                                };
                                 this.attempt(job).await;
-                                let mut inflight = this.inflight.lock().expect("not poisoned");
-                                for k in keys {
-                                    inflight.remove(&k);
-                                }
                                 drop(permit);
                             });
                         }
@@ -361,6 +359,24 @@ async fn renew_leases(scheduler: Arc<Scheduler>) {
             .collect();
         if let Err(e) = scheduler.store().renew_leases(until, &keys).await {
             tracing::warn!(error = %e, "cannot renew leases");
+        }
+    }
+}
+
+/// The recipients of one running attempt. Dropped when the attempt ends,
+/// however it ends (a panic included), so their leases stop being renewed
+/// and run out: the work is then retried, never held forever.
+struct InFlight {
+    scheduler: Arc<Scheduler>,
+    keys: Vec<(MessageId, u32)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.scheduler.inflight.lock() {
+            for k in &self.keys {
+                inflight.remove(k);
+            }
         }
     }
 }
