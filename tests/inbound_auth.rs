@@ -260,3 +260,43 @@ async fn forged_results_under_our_name_are_removed() {
     );
     assert!(text.contains("spf=fail"), "{text}");
 }
+
+#[tokio::test]
+async fn dmarc_policy_per_local_domain() {
+    let dns = TestDns::start(&zone(&[])).await;
+    let t = server(&dns, |c| {
+        c.domains.local = Some(vec!["example.test".into(), "lenient.test".into()]);
+        c.inbound.domains.insert(
+            "lenient.test".into(),
+            tern_core::config::InboundPolicyOverride {
+                dmarc_reject: Some(false),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let spoof = "From: ceo@strict.test\r\nSubject: per domain\r\n\r\nx\r\n";
+    let mut c = Client::connect(t.smtp()).await;
+    c.cmd("EHLO client.spf-pass.test", "250").await;
+    // The default for example.test: refused.
+    c.cmd("MAIL FROM:<bounce@strict.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("{spoof}.\r\n").as_bytes()).await;
+    c.expect("550 5.7.1").await;
+    // lenient.test turned it off: accepted, with the result in the header.
+    c.cmd("MAIL FROM:<bounce@strict.test>", "250").await;
+    c.cmd("RCPT TO:<alice@lenient.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("{spoof}.\r\n").as_bytes()).await;
+    c.expect("250 2.0.0").await;
+    let msgs = t.wait_mailbox("lenient.test", "alice", 1).await;
+    assert!(String::from_utf8_lossy(&msgs[0]).contains("dmarc=fail"));
+    // Both in one transaction: the stricter policy answers for it.
+    c.cmd("MAIL FROM:<bounce@strict.test>", "250").await;
+    c.cmd("RCPT TO:<alice@lenient.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("{spoof}.\r\n").as_bytes()).await;
+    c.expect("550 5.7.1").await;
+}

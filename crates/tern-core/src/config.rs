@@ -180,6 +180,10 @@ pub struct InboundConfig {
     pub dmarc_quarantine: bool,
     /// Refuse (550 5.7.23) mail whose SPF result is fail.
     pub spf_reject: bool,
+    /// Per local domain: `[inbound.domains."example.com"]` with any of
+    /// `dmarc_reject`, `dmarc_quarantine`, `spf_reject`; unset keys follow
+    /// the section's own.
+    pub domains: BTreeMap<String, InboundPolicyOverride>,
 }
 
 impl Default for InboundConfig {
@@ -189,7 +193,58 @@ impl Default for InboundConfig {
             dmarc_reject: true,
             dmarc_quarantine: true,
             spf_reject: false,
+            domains: BTreeMap::new(),
         }
+    }
+}
+
+/// One local domain's own inbound policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPolicyOverride {
+    pub dmarc_reject: Option<bool>,
+    pub dmarc_quarantine: Option<bool>,
+    pub spf_reject: Option<bool>,
+}
+
+/// The policy in force for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundPolicy {
+    pub dmarc_reject: bool,
+    pub dmarc_quarantine: bool,
+    pub spf_reject: bool,
+}
+
+impl InboundConfig {
+    /// The policy for a message to these recipient domains. With several,
+    /// a check applies when any of their policies asks for it: one
+    /// transaction gets one answer, and the stricter one protects everyone.
+    pub fn policy_for<'a>(&self, domains: impl IntoIterator<Item = &'a str>) -> InboundPolicy {
+        let base = InboundPolicy {
+            dmarc_reject: self.dmarc_reject,
+            dmarc_quarantine: self.dmarc_quarantine,
+            spf_reject: self.spf_reject,
+        };
+        let mut out: Option<InboundPolicy> = None;
+        for d in domains {
+            let o = self.domains.get(&d.to_ascii_lowercase());
+            let p = InboundPolicy {
+                dmarc_reject: o.and_then(|o| o.dmarc_reject).unwrap_or(base.dmarc_reject),
+                dmarc_quarantine: o
+                    .and_then(|o| o.dmarc_quarantine)
+                    .unwrap_or(base.dmarc_quarantine),
+                spf_reject: o.and_then(|o| o.spf_reject).unwrap_or(base.spf_reject),
+            };
+            out = Some(match out {
+                None => p,
+                Some(q) => InboundPolicy {
+                    dmarc_reject: q.dmarc_reject || p.dmarc_reject,
+                    dmarc_quarantine: q.dmarc_quarantine || p.dmarc_quarantine,
+                    spf_reject: q.spf_reject || p.spf_reject,
+                },
+            });
+        }
+        out.unwrap_or(base)
     }
 }
 
@@ -557,6 +612,15 @@ impl Config {
             }
             _ => {}
         }
+        let locals = self.local_domains();
+        for d in self.inbound.domains.keys() {
+            if !locals.contains(&d.to_ascii_lowercase()) {
+                return Err(invalid(
+                    &format!("inbound.domains.\"{d}\""),
+                    "is not one of the local domains ([domains] local)".into(),
+                ));
+            }
+        }
         if let Some(list) = &self.senders.domains {
             for (i, d) in list.iter().enumerate() {
                 let bad = crate::Address::parse(&format!("x@{d}")).is_err() || d.ends_with('.');
@@ -780,6 +844,8 @@ mod tests {
             node_id = "node-1"
             [dns]
             nameservers = ["127.0.0.1:5353"]
+            [inbound.domains."example.com"]
+            spf_reject = true
             [delivery]
             port = 2525
             tls = "required"

@@ -237,7 +237,11 @@ impl Session {
         let Some(checker) = self.ctx.inbound.as_ref().filter(|_| self.user.is_none()) else {
             return Ok(String::new());
         };
-        let policy = &self.ctx.config.inbound;
+        let policy = self
+            .ctx
+            .config
+            .inbound
+            .policy_for(tx.recipients.iter().map(|r| r.domain()));
         let helo = self.helo.as_deref().unwrap_or("");
         let checked = checker
             .check(body, self.peer.ip(), helo, &sender_text(&tx.sender))
