@@ -221,6 +221,9 @@ pub fn free_port(ips: &[IpAddr]) -> u16 {
     } else {
         ips.to_vec()
     };
+    // Tests in one binary run in parallel: a port just released could be
+    // handed to two of them, so each port is given out only once.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..100 {
         let first = std::net::TcpListener::bind((ips[0], 0))
             .unwrap_or_else(|e| panic!("cannot bind {}: {e}", ips[0]));
@@ -229,7 +232,9 @@ pub fn free_port(ips: &[IpAddr]) -> u16 {
             .iter()
             .map(|ip| std::net::TcpListener::bind((*ip, port)))
             .collect();
-        if rest.is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        if rest.is_ok() && !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }

@@ -1,7 +1,7 @@
 //! A `tern` process as a user runs it: its own config file and data
 //! directory, started, stopped, or killed with SIGKILL.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,12 +10,9 @@ use super::read_maildir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tern");
 
+/// A loopback port no other test in this binary has been given.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    super::fake_smtp::free_port(&[])
 }
 
 pub struct Node {
