@@ -222,18 +222,25 @@ pub fn free_port(ips: &[IpAddr]) -> u16 {
         ips.to_vec()
     };
     // Tests in one binary run in parallel: a port just released could be
-    // handed to two of them, so each port is given out only once.
+    // handed to two of them, so each port is given out only once. Ports
+    // come from below the kernel's ephemeral range (32768 and up): a port
+    // from the ephemeral range can be taken by any outgoing connection
+    // (a node's PostgreSQL pool, a delivery) between this check and the
+    // test's own bind.
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind((ips[0], 0))
-            .unwrap_or_else(|e| panic!("cannot bind {}: {e}", ips[0]));
-        let port = first.local_addr().unwrap().port();
-        let rest: Result<Vec<_>, _> = ips[1..]
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let mut given = GIVEN.lock().unwrap();
+    for i in 0..SPAN {
+        let port = (LOW + (start + i * 13) % SPAN) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let free = ips
             .iter()
-            .map(|ip| std::net::TcpListener::bind((*ip, port)))
-            .collect();
-        let mut given = GIVEN.lock().unwrap();
-        if rest.is_ok() && !given.contains(&port) {
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok());
+        if free {
             given.push(port);
             return port;
         }
