@@ -10,7 +10,9 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator};
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+};
 
 pub use mail_auth::SpfResult;
 use tern_core::config::DnsConfig;
@@ -119,6 +121,16 @@ impl InboundChecker {
         };
         let dkim = self.auth.verify_dkim(&msg).await;
         let arc = self.auth.verify_arc(&msg).await;
+        // RFC 8617 5.2: a chain whose newest ARC-Message-Signature does not
+        // verify (body hash, expiry) or with a malformed ARC field has failed;
+        // mail-auth calls those cases neutral, which is no ARC result.
+        let arc = match arc.result() {
+            DkimResult::Neutral(e) => {
+                let e = e.clone();
+                arc.with_result(DkimResult::Fail(e))
+            }
+            _ => arc,
+        };
         let dmarc = self
             .auth
             .verify_dmarc(DmarcParameters::new(&msg, &dkim, &spf_domain, &spf))
