@@ -179,7 +179,7 @@ async fn null_mx_bounces_at_once_without_connecting() {
         "bounces use the null sender: {dsn}"
     );
     assert_eq!(fake.connections(), 0);
-    wait_history(&t, &id, "failed erin@nullmx.test 556 5.1.10").await;
+    wait_history(&t, &id, "bounced erin@nullmx.test 556 5.1.10").await;
 }
 
 #[tokio::test]
@@ -378,7 +378,7 @@ async fn expiry_fails_and_bounces_with_5_4_7() {
         dsn.contains("greylisted"),
         "the last error is in the report: {dsn}"
     );
-    wait_history(&t, &id, "failed jan@implicit.test expired after").await;
+    wait_history(&t, &id, "expired jan@implicit.test expired after").await;
 }
 
 #[tokio::test]
@@ -396,7 +396,7 @@ async fn dns_trouble_defers() {
     .await;
     wait_history(&t, &id, "deferred kim@broken.test 451 4.4.3").await;
     // A domain that does not exist is permanent.
-    wait_history(&t, &id, "failed lee@nosuchdomain.test 550 5.1.2").await;
+    wait_history(&t, &id, "bounced lee@nosuchdomain.test 550 5.1.2").await;
 }
 
 #[tokio::test]
@@ -792,7 +792,7 @@ async fn helo_fallback_and_a_bounce_is_never_bounced() {
         .await;
     assert_eq!(r.code, 250);
     let id = r.lines[0].rsplit(' ').next().unwrap().to_string();
-    wait_history(&t, &id, "failed nobody@implicit.test 550 5.1.1").await;
+    wait_history(&t, &id, "bounced nobody@implicit.test 550 5.1.1").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(t.queued().await, 0, "no report was queued");
     assert!(t.mailbox(DOMAIN, "alice").is_empty());

@@ -2,12 +2,14 @@
 
 pub mod address;
 pub mod config;
+pub mod event;
 pub mod id;
 pub mod message;
 pub mod retry;
 
 pub use address::{Address, AddressError};
 pub use config::{Config, ConfigError, ListenerMode, TlsPolicy};
+pub use event::BounceClass;
 pub use id::MessageId;
 pub use message::{DeliveryStatus, Envelope, QueuedMessage, RecipientState};
 pub use retry::RetryPolicy;

@@ -30,6 +30,8 @@ pub enum DeliveryStatus {
     Delivered { reply: String },
     /// A permanent failure or the message expired; a bounce was generated.
     Failed { reason: String },
+    /// On the suppression list when the message came: never attempted.
+    Suppressed { reason: String },
 }
 
 impl DeliveryStatus {
@@ -40,13 +42,16 @@ impl DeliveryStatus {
             DeliveryStatus::Deferred { .. } => "deferred",
             DeliveryStatus::Delivered { .. } => "delivered",
             DeliveryStatus::Failed { .. } => "failed",
+            DeliveryStatus::Suppressed { .. } => "suppressed",
         }
     }
 
     pub fn detail(&self) -> Option<&str> {
         match self {
             DeliveryStatus::Queued => None,
-            DeliveryStatus::Deferred { reason } | DeliveryStatus::Failed { reason } => Some(reason),
+            DeliveryStatus::Deferred { reason }
+            | DeliveryStatus::Failed { reason }
+            | DeliveryStatus::Suppressed { reason } => Some(reason),
             DeliveryStatus::Delivered { reply } => Some(reply),
         }
     }
@@ -59,6 +64,7 @@ impl DeliveryStatus {
             "deferred" => DeliveryStatus::Deferred { reason: detail },
             "delivered" => DeliveryStatus::Delivered { reply: detail },
             "failed" => DeliveryStatus::Failed { reason: detail },
+            "suppressed" => DeliveryStatus::Suppressed { reason: detail },
             _ => return None,
         })
     }
@@ -67,7 +73,9 @@ impl DeliveryStatus {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            DeliveryStatus::Delivered { .. } | DeliveryStatus::Failed { .. }
+            DeliveryStatus::Delivered { .. }
+                | DeliveryStatus::Failed { .. }
+                | DeliveryStatus::Suppressed { .. }
         )
     }
 }

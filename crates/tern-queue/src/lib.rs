@@ -7,11 +7,25 @@ mod scheduler;
 use std::sync::Arc;
 
 use tern_core::{Envelope, MessageId};
-use tern_store::{NewMessage, Store, StoreError};
+use tern_store::{MessageInfo, NewMessage, Store, StoreError};
 use tokio::sync::Notify;
 
 pub use dsn::{build_dsn, Report, ReportedRecipient};
 pub use scheduler::{Scheduler, SchedulerConfig};
+
+/// What `submit` did: the message's id, and which recipients were on the
+/// suppression list (stored, never attempted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: MessageId,
+    pub suppressed: Vec<String>,
+}
+
+/// The subject of a message, decoded (RFC 2047), for search.
+pub fn subject_of(body: &[u8]) -> Option<String> {
+    let headers = mail_parser::MessageParser::new().parse_headers(body)?;
+    headers.subject().map(|s| s.chars().take(998).collect())
+}
 
 /// The way into the queue for every source (SMTP, later HTTP and bounces).
 #[derive(Clone)]
@@ -54,6 +68,40 @@ impl Queue {
         body: Vec<u8>,
         auth_user: Option<String>,
     ) -> Result<MessageId, StoreError> {
+        let info = MessageInfo {
+            subject: subject_of(&body),
+            ..MessageInfo::default()
+        };
+        self.submit(id, envelope, body, auth_user, info)
+            .await
+            .map(|q| q.id)
+    }
+
+    /// Makes a message durable with what it was sent with. Recipients on
+    /// the suppression list are stored as final (`suppressed` event) and
+    /// never attempted; the answer names them.
+    pub async fn submit(
+        &self,
+        id: MessageId,
+        envelope: Envelope,
+        body: Vec<u8>,
+        auth_user: Option<String>,
+        info: MessageInfo,
+    ) -> Result<Queued, StoreError> {
+        let addresses: Vec<String> = envelope.recipients.iter().map(|r| r.to_string()).collect();
+        let listed = self.store.suppressed(&addresses).await?;
+        let suppressed: Vec<(usize, String)> = addresses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let a = a.to_lowercase();
+                listed
+                    .iter()
+                    .find(|(s, _)| *s == a)
+                    .map(|(_, reason)| (i, format!("suppressed: {reason}")))
+            })
+            .collect();
+        let all_suppressed = suppressed.len() == addresses.len();
         self.store
             .commit_message(NewMessage {
                 id,
@@ -61,10 +109,20 @@ impl Queue {
                 body,
                 created_at: tern_core::unix_now(),
                 auth_user,
+                info,
+                suppressed: suppressed.clone(),
             })
             .await?;
-        self.wake.notify_one();
-        Ok(id)
+        if !all_suppressed {
+            self.wake.notify_one();
+        }
+        Ok(Queued {
+            id,
+            suppressed: suppressed
+                .into_iter()
+                .map(|(i, _)| addresses[i].clone())
+                .collect(),
+        })
     }
 
     pub(crate) fn wake_handle(&self) -> Arc<Notify> {

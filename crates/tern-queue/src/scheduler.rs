@@ -200,7 +200,7 @@ impl Scheduler {
         let outcome = match attempt {
             Attempt::Delivered(reply) => Outcome::Delivered { reply },
             Attempt::Permanent(reason) => Outcome::Failed { reason },
-            Attempt::Temporary(reason) if policy.expired(d.created_at, at) => Outcome::Failed {
+            Attempt::Temporary(reason) if policy.expired(d.created_at, at) => Outcome::Expired {
                 reason: format!(
                     "expired after {} attempts; last error: {reason}",
                     d.attempts + 1
@@ -219,7 +219,10 @@ impl Scheduler {
                 tracing::info!(id = %d.message_id, rcpt = %d.address, %reason, "deferred")
             }
             Outcome::Failed { reason } => {
-                tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "failed")
+                tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "bounced")
+            }
+            Outcome::Expired { reason } => {
+                tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "expired")
             }
         }
         RecipientResult {
@@ -239,8 +242,9 @@ impl Scheduler {
     async fn record(&self, due: &[DueRecipient], mut results: Vec<RecipientResult>) {
         let first = &due[0];
         if !first.sender.is_empty() {
-            let failed =
-                self.report_list(&results, |_, r| matches!(r.outcome, Outcome::Failed { .. }));
+            let failed = self.report_list(&results, |_, r| {
+                matches!(r.outcome, Outcome::Failed { .. } | Outcome::Expired { .. })
+            });
             if !failed.is_empty() && !self.report(first, Report::Failed, &failed).await {
                 return;
             }
@@ -294,7 +298,9 @@ impl Scheduler {
             .filter(|(i, r)| pick(*i, r))
             .map(|(_, r)| {
                 let reason = match &r.outcome {
-                    Outcome::Failed { reason } | Outcome::Deferred { reason, .. } => reason.clone(),
+                    Outcome::Failed { reason }
+                    | Outcome::Expired { reason }
+                    | Outcome::Deferred { reason, .. } => reason.clone(),
                     Outcome::Delivered { reply } => reply.clone(),
                 };
                 (r.address.clone(), reason)

@@ -4,6 +4,7 @@
 //! included); it holds no business rules: the queue decides *when* and *what*,
 //! the store only makes it durable.
 
+mod api;
 mod postgres;
 mod spool;
 mod sqlite;
@@ -13,9 +14,10 @@ mod types;
 use async_trait::async_trait;
 use tern_core::{MessageId, QueuedMessage, RetryPolicy};
 
+pub use api::ApiStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use types::{DkimKeyRecord, DueRecipient, EventRecord, NewMessage, Outcome, RecipientResult};
+pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,7 +40,7 @@ pub const BODY_CHUNK: usize = 1 << 20;
 
 /// Everything Tern keeps. Each method is all-or-nothing.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ApiStore + Send + Sync + 'static {
     // --- queue ---
 
     /// Makes a message durable: body and metadata are on disk (fsync) when

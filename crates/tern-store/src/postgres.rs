@@ -110,16 +110,24 @@ async fn commit_batch(pool: &PgPool, batch: &[Commit]) -> Result<()> {
     for c in batch {
         let m = &c.msg;
         let id = m.id.to_string();
-        sqlx::query("INSERT INTO messages (id, sender, created_at, size, auth_user) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&id)
             .bind(m.envelope.sender_string())
             .bind(m.created_at)
             .bind(m.body.len() as i64)
             .bind(&m.auth_user)
+            .bind(&m.info.subject)
+            .bind(m.info.tags_json())
+            .bind(m.info.metadata_json())
             .execute(&mut *tx)
             .await?;
         // An empty body is one empty piece, so that piece 0 always exists.
-        let pieces: Vec<&[u8]> = if m.body.is_empty() {
+        // Suppressed recipients are final at once: with no other, the body
+        // is never read.
+        let pieces: Vec<&[u8]> = if m.suppressed.len() >= m.envelope.recipients.len() {
+            Vec::new()
+        } else if m.body.is_empty() {
             vec![&[]]
         } else {
             m.body.chunks(crate::BODY_CHUNK).collect()
@@ -134,18 +142,38 @@ async fn commit_batch(pool: &PgPool, batch: &[Commit]) -> Result<()> {
         }
         for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
             let address = rcpt.to_string();
+            let suppressed = m
+                .suppressed
+                .iter()
+                .find(|(i, _)| *i == idx)
+                .map(|(_, reason)| reason.as_str());
             sqlx::query(
-                "INSERT INTO recipients (message_id, idx, address, domain, status, attempts, next_attempt)
-                 VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+                "INSERT INTO recipients (message_id, idx, address, domain, status, detail, attempts, next_attempt)
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
             )
             .bind(&id)
             .bind(idx as i32)
             .bind(&address)
             .bind(rcpt.domain())
+            .bind(if suppressed.is_some() { "suppressed" } else { "queued" })
+            .bind(suppressed)
             .bind(m.created_at)
             .execute(&mut *tx)
             .await?;
-            insert_event(&mut tx, &id, Some(&address), "accepted", None, m.created_at).await?;
+            let (kind, detail) = match suppressed {
+                Some(reason) => ("suppressed", Some(reason)),
+                None => ("accepted", None),
+            };
+            insert_event(
+                &mut tx,
+                &id,
+                Some(&address),
+                kind,
+                detail,
+                None,
+                m.created_at,
+            )
+            .await?;
         }
     }
     tx.commit().await?;
@@ -158,15 +186,17 @@ async fn insert_event(
     recipient: Option<&str>,
     kind: &str,
     detail: Option<&str>,
+    data: Option<&str>,
     at: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO events (message_id, recipient, kind, detail, at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO events (message_id, recipient, kind, detail, data, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(message_id)
     .bind(recipient)
     .bind(kind)
     .bind(detail)
+    .bind(data)
     .bind(at)
     .execute(tx)
     .await?;
@@ -315,15 +345,28 @@ impl Store for PgStore {
             if updated == 0 {
                 continue;
             }
+            let (kind, data) = r.outcome.event();
             insert_event(
                 &mut tx,
                 &id,
                 Some(&r.address),
-                status.kind(),
+                kind,
                 status.detail(),
+                data.as_deref(),
                 r.at,
             )
             .await?;
+            if r.outcome.suppresses() {
+                sqlx::query(
+                    "INSERT INTO suppressions (address, reason, source, created_at) VALUES ($1, $2, 'bounce', $3)
+                     ON CONFLICT (address) DO NOTHING",
+                )
+                .bind(r.address.to_lowercase())
+                .bind(status.detail())
+                .bind(r.at)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
         ids.sort();
@@ -380,7 +423,7 @@ impl Store for PgStore {
 
     async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>> {
         let rows = sqlx::query(
-            "SELECT at, recipient, kind, detail FROM events WHERE message_id = $1 ORDER BY id",
+            "SELECT at, recipient, kind, detail, data FROM events WHERE message_id = $1 ORDER BY id",
         )
         .bind(id.to_string())
         .fetch_all(&self.pool)
@@ -392,6 +435,7 @@ impl Store for PgStore {
                 recipient: r.get("recipient"),
                 kind: r.get("kind"),
                 detail: r.get("detail"),
+                data: r.get("data"),
             })
             .collect())
     }
@@ -410,6 +454,7 @@ impl Store for PgStore {
                 &id.to_string(),
                 None,
                 "deleted",
+                None,
                 None,
                 tern_core::unix_now(),
             )
@@ -480,6 +525,7 @@ impl Store for PgStore {
                 Some(&address),
                 "quarantined",
                 Some(reason),
+                None,
                 now,
             )
             .await?;
@@ -659,3 +705,12 @@ impl Store for PgStore {
         )
     }
 }
+
+crate::api::impl_api_store!(
+    PgStore,
+    sqlx::Postgres,
+    pool,
+    crate::api::numbered,
+    "BEGIN",
+    " FOR UPDATE OF d SKIP LOCKED"
+);

@@ -182,29 +182,53 @@ async fn commit_batch(pool: &SqlitePool, spool: &Spool, batch: &[Commit]) -> Res
         let m = &c.msg;
         let id = m.id.to_string();
         sqlx::query(
-            "INSERT INTO messages (id, sender, created_at, size, auth_user) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(m.envelope.sender_string())
         .bind(m.created_at)
         .bind(m.body.len() as i64)
         .bind(&m.auth_user)
+        .bind(&m.info.subject)
+        .bind(m.info.tags_json())
+        .bind(m.info.metadata_json())
         .execute(&mut *tx)
         .await?;
         for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
             let address = rcpt.to_string();
+            let suppressed = m
+                .suppressed
+                .iter()
+                .find(|(i, _)| *i == idx)
+                .map(|(_, reason)| reason.as_str());
             sqlx::query(
-                "INSERT INTO recipients (message_id, idx, address, domain, status, attempts, next_attempt)
-                 VALUES (?, ?, ?, ?, 'queued', 0, ?)",
+                "INSERT INTO recipients (message_id, idx, address, domain, status, detail, attempts, next_attempt)
+                 VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
             )
             .bind(&id)
             .bind(idx as i64)
             .bind(&address)
             .bind(rcpt.domain())
+            .bind(if suppressed.is_some() { "suppressed" } else { "queued" })
+            .bind(suppressed)
             .bind(m.created_at)
             .execute(&mut *tx)
             .await?;
-            insert_event(&mut tx, &id, Some(&address), "accepted", None, m.created_at).await?;
+            let (kind, detail) = match suppressed {
+                Some(reason) => ("suppressed", Some(reason)),
+                None => ("accepted", None),
+            };
+            insert_event(
+                &mut tx,
+                &id,
+                Some(&address),
+                kind,
+                detail,
+                None,
+                m.created_at,
+            )
+            .await?;
         }
     }
     tx.commit().await?;
@@ -217,15 +241,17 @@ async fn insert_event(
     recipient: Option<&str>,
     kind: &str,
     detail: Option<&str>,
+    data: Option<&str>,
     at: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO events (message_id, recipient, kind, detail, at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO events (message_id, recipient, kind, detail, data, at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(message_id)
     .bind(recipient)
     .bind(kind)
     .bind(detail)
+    .bind(data)
     .bind(at)
     .execute(tx)
     .await?;
@@ -237,6 +263,7 @@ impl Store for SqliteStore {
     async fn commit_message(&self, msg: NewMessage) -> Result<()> {
         let spool = self.spool.clone();
         let id = msg.id;
+        let nothing_to_send = msg.suppressed.len() >= msg.envelope.recipients.len();
         // The body goes to disk first (its own fsync, in parallel with other
         // sessions'); the row that makes it a message comes in the batch.
         let msg = tokio::task::spawn_blocking(move || spool.write(id, &msg.body).map(|_| msg))
@@ -247,7 +274,11 @@ impl Store for SqliteStore {
             self.spool.remove(id);
             return Err(StoreError::Closed);
         }
-        wait.await.map_err(|_| StoreError::Closed)?
+        wait.await.map_err(|_| StoreError::Closed)??;
+        if nothing_to_send {
+            self.to_release.lock().expect("not poisoned").push(id);
+        }
+        Ok(())
     }
 
     async fn claim_due(
@@ -375,15 +406,28 @@ impl Store for SqliteStore {
             if updated == 0 {
                 continue;
             }
+            let (kind, data) = r.outcome.event();
             insert_event(
                 &mut tx,
                 &id,
                 Some(&r.address),
-                status.kind(),
+                kind,
                 status.detail(),
+                data.as_deref(),
                 r.at,
             )
             .await?;
+            if r.outcome.suppresses() {
+                sqlx::query(
+                    "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
+                     ON CONFLICT (address) DO NOTHING",
+                )
+                .bind(r.address.to_lowercase())
+                .bind(status.detail())
+                .bind(r.at)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
         ids.sort();
@@ -441,7 +485,7 @@ impl Store for SqliteStore {
 
     async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>> {
         let rows = sqlx::query(
-            "SELECT at, recipient, kind, detail FROM events WHERE message_id = ? ORDER BY id",
+            "SELECT at, recipient, kind, detail, data FROM events WHERE message_id = ? ORDER BY id",
         )
         .bind(id.to_string())
         .fetch_all(&self.pool)
@@ -453,6 +497,7 @@ impl Store for SqliteStore {
                 recipient: r.get("recipient"),
                 kind: r.get("kind"),
                 detail: r.get("detail"),
+                data: r.get("data"),
             })
             .collect())
     }
@@ -467,7 +512,7 @@ impl Store for SqliteStore {
             > 0;
         if deleted {
             let now = tern_core::unix_now();
-            insert_event(&mut tx, &id.to_string(), None, "deleted", None, now).await?;
+            insert_event(&mut tx, &id.to_string(), None, "deleted", None, None, now).await?;
         }
         tx.commit().await?;
         if deleted {
@@ -528,6 +573,7 @@ impl Store for SqliteStore {
                 Some(&address),
                 "quarantined",
                 Some(reason),
+                None,
                 now,
             )
             .await?;
@@ -718,3 +764,12 @@ impl Store for SqliteStore {
         )
     }
 }
+
+crate::api::impl_api_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    pool,
+    crate::api::same,
+    "BEGIN IMMEDIATE",
+    ""
+);

@@ -1,4 +1,6 @@
-use tern_core::{DeliveryStatus, Envelope, MessageId};
+use std::collections::BTreeMap;
+
+use tern_core::{DeliveryStatus, Envelope, MessageId, RecipientState};
 
 /// A message ready to be made durable.
 #[derive(Debug, Clone)]
@@ -9,6 +11,45 @@ pub struct NewMessage {
     pub body: Vec<u8>,
     pub created_at: i64,
     pub auth_user: Option<String>,
+    /// What the message was sent with, for search and events.
+    pub info: MessageInfo,
+    /// Recipients (by index) on the suppression list, with the reason:
+    /// stored as final, never attempted.
+    pub suppressed: Vec<(usize, String)>,
+}
+
+/// What a sender labelled a message with, plus its subject for search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl MessageInfo {
+    pub(crate) fn tags_json(&self) -> Option<String> {
+        (!self.tags.is_empty()).then(|| serde_json::to_string(&self.tags).expect("strings"))
+    }
+
+    pub(crate) fn metadata_json(&self) -> Option<String> {
+        (!self.metadata.is_empty()).then(|| serde_json::to_string(&self.metadata).expect("strings"))
+    }
+
+    pub(crate) fn from_columns(
+        subject: Option<String>,
+        tags: Option<String>,
+        metadata: Option<String>,
+    ) -> MessageInfo {
+        MessageInfo {
+            subject,
+            tags: tags
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+            metadata: metadata
+                .and_then(|m| serde_json::from_str(&m).ok())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// A recipient the scheduler took for an attempt.
@@ -31,9 +72,21 @@ pub struct DueRecipient {
 /// What an attempt did for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { reply: String },
-    Deferred { reason: String, retry_at: i64 },
-    Failed { reason: String },
+    Delivered {
+        reply: String,
+    },
+    Deferred {
+        reason: String,
+        retry_at: i64,
+    },
+    /// A permanent failure (a bounce).
+    Failed {
+        reason: String,
+    },
+    /// Temporary failures until the message grew too old.
+    Expired {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -45,10 +98,37 @@ impl Outcome {
             Outcome::Deferred { reason, .. } => DeliveryStatus::Deferred {
                 reason: reason.clone(),
             },
-            Outcome::Failed { reason } => DeliveryStatus::Failed {
+            Outcome::Failed { reason } | Outcome::Expired { reason } => DeliveryStatus::Failed {
                 reason: reason.clone(),
             },
         }
+    }
+
+    /// The event this outcome records, with its extra facts (JSON).
+    pub fn event(&self) -> (&'static str, Option<String>) {
+        use serde_json::json;
+        match self {
+            Outcome::Delivered { reply } => (
+                "delivered",
+                tern_core::event::reply_host(reply).map(|h| json!({ "host": h }).to_string()),
+            ),
+            Outcome::Deferred { .. } => ("deferred", None),
+            Outcome::Failed { reason } => {
+                let class = tern_core::BounceClass::of(reason);
+                let mut data = json!({ "bounce": class.as_str() });
+                if let Some(h) = tern_core::event::reply_host(reason) {
+                    data["host"] = json!(h);
+                }
+                ("bounced", Some(data.to_string()))
+            }
+            Outcome::Expired { .. } => ("expired", None),
+        }
+    }
+
+    /// A hard bounce: the address goes on the suppression list.
+    pub fn suppresses(&self) -> bool {
+        matches!(self, Outcome::Failed { reason }
+            if tern_core::BounceClass::of(reason) == tern_core::BounceClass::Hard)
     }
 }
 
@@ -70,6 +150,8 @@ pub struct EventRecord {
     pub recipient: Option<String>,
     pub kind: String,
     pub detail: Option<String>,
+    /// Extra facts as a JSON object (bounce class, remote host).
+    pub data: Option<String>,
 }
 
 /// A DKIM key of a sender domain.
@@ -86,4 +168,129 @@ pub struct DkimKeyRecord {
     pub created_at: i64,
     /// Signs new mail; a retired key stays until removed.
     pub active: bool,
+}
+
+/// An API key as stored: the secret itself is never kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// `send`, `read` or `admin`.
+    pub scope: String,
+    /// Hex SHA-256 of the secret part.
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// An address Tern will not send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    /// Lower case.
+    pub address: String,
+    pub reason: String,
+    /// `bounce` or `manual`.
+    pub source: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    /// Event kinds sent to it; `*` is every kind.
+    pub events: Vec<String>,
+    pub secret: String,
+    pub created_at: i64,
+}
+
+/// One event to send to one webhook, and how that has gone so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    pub id: i64,
+    pub webhook_id: String,
+    pub event_id: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt: i64,
+    pub created_at: i64,
+    pub attempts_log: Vec<WebhookAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    pub at: i64,
+    /// The HTTP status, when a response came.
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// An event with what its message was sent with: what webhooks carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullEvent {
+    pub id: i64,
+    pub message_id: String,
+    pub recipient: Option<String>,
+    pub kind: String,
+    pub detail: Option<String>,
+    pub data: Option<String>,
+    pub at: i64,
+    pub info: MessageInfo,
+}
+
+/// A webhook delivery taken for an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueWebhook {
+    pub delivery_id: i64,
+    pub webhook_id: String,
+    pub url: String,
+    pub secret: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub event: FullEvent,
+}
+
+/// What a webhook attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Delivered,
+    RetryAt(i64),
+    Failed,
+}
+
+/// Filters for message search; every one set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageQuery {
+    pub recipient: Option<String>,
+    pub sender: Option<String>,
+    /// A part of the subject, any case.
+    pub subject: Option<String>,
+    /// Some recipient has this status.
+    pub status: Option<String>,
+    pub tag: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Continue after this (created_at, id): newest first.
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// A message with its recipients and what it was sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSummary {
+    pub id: String,
+    pub sender: String,
+    pub created_at: i64,
+    pub size: u64,
+    pub info: MessageInfo,
+    pub recipients: Vec<RecipientState>,
+}
+
+/// Events of one kind in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatRow {
+    pub bucket: i64,
+    pub kind: String,
+    pub count: i64,
 }

@@ -4,10 +4,15 @@
 use std::sync::Arc;
 
 use tern_core::{Address, DeliveryStatus, Envelope, MessageId, RetryPolicy};
-use tern_store::{NewMessage, Outcome, RecipientResult, SqliteStore, Store};
+use tern_store::{
+    ApiKeyRecord, MessageQuery, NewMessage, Outcome, RecipientResult, SqliteStore, Store,
+    Suppression, WebhookAttempt, WebhookOutcome, WebhookRecord,
+};
 
 fn message(rcpts: &[&str], now: i64) -> NewMessage {
     NewMessage {
+        info: Default::default(),
+        suppressed: Vec::new(),
         id: MessageId::generate(),
         envelope: Envelope {
             sender: Some(Address::parse("alice@example.test").unwrap()),
@@ -60,6 +65,11 @@ both_backends!(
     large_body_round_trips,
     domains_and_keys,
     quarantine_sets_a_message_aside,
+    api_keys,
+    suppressions_and_hard_bounces,
+    webhooks_get_every_matching_event_once,
+    search_and_stats,
+    prune_keeps_pending_work,
 );
 
 async fn commit_claim_record_release(store: Arc<dyn Store>) {
@@ -172,7 +182,7 @@ async fn commit_claim_record_release(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(
         kinds,
-        ["accepted", "accepted", "delivered", "deferred", "failed"]
+        ["accepted", "accepted", "delivered", "deferred", "bounced"]
     );
 }
 
@@ -456,4 +466,413 @@ async fn postgres_leases_belong_to_their_node() {
     assert_eq!(taken[0].attempts, 1);
     drop((a, b));
     db.drop_db().await;
+}
+
+async fn api_keys(store: Arc<dyn Store>) {
+    let key = |id: &str, name: &str| ApiKeyRecord {
+        id: id.into(),
+        name: name.into(),
+        scope: "send".into(),
+        secret_hash: "00ff".into(),
+        created_at: 5,
+        revoked_at: None,
+    };
+    store.add_api_key(&key("k1", "app")).await.unwrap();
+    store.add_api_key(&key("k2", "ops")).await.unwrap();
+    assert!(store.add_api_key(&key("k1", "again")).await.is_err());
+    assert_eq!(store.api_key("k1").await.unwrap().unwrap().name, "app");
+    assert!(store.api_key("nope").await.unwrap().is_none());
+    assert_eq!(store.list_api_keys().await.unwrap().len(), 2);
+    assert!(store.revoke_api_key("ops", 9).await.unwrap());
+    assert!(
+        !store.revoke_api_key("ops", 10).await.unwrap(),
+        "already revoked"
+    );
+    assert_eq!(
+        store.api_key("k2").await.unwrap().unwrap().revoked_at,
+        Some(9)
+    );
+}
+
+fn rcpt_result(id: MessageId, idx: u32, address: &str, outcome: Outcome) -> RecipientResult {
+    RecipientResult {
+        message_id: id,
+        idx,
+        address: address.into(),
+        outcome,
+        at: 200,
+        warned: false,
+    }
+}
+
+async fn suppressions_and_hard_bounces(store: Arc<dyn Store>) {
+    store
+        .add_suppression(&Suppression {
+            address: "Gone@X.test".into(),
+            reason: "asked".into(),
+            source: "manual".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    let found = store
+        .suppressed(&["gone@x.test".into(), "here@x.test".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![("gone@x.test".to_string(), "asked".to_string())]
+    );
+
+    // A suppressed recipient is stored final and never claimed.
+    let mut m = message(&["gone@x.test", "here@x.test"], 100);
+    m.suppressed = vec![(0, "suppressed: asked".into())];
+    let id = m.id;
+    store.commit_message(m).await.unwrap();
+    let claimed = store
+        .claim_due(100, 200, &RetryPolicy::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].address, "here@x.test");
+    let q = store.get_message(id).await.unwrap().unwrap();
+    assert_eq!(
+        q.recipients[0].status,
+        DeliveryStatus::Suppressed {
+            reason: "suppressed: asked".into()
+        }
+    );
+
+    // A hard bounce (5.1.1) suppresses; a soft one (5.2.2) does not.
+    let m = message(&["hard@x.test", "soft@x.test"], 100);
+    let id = m.id;
+    store.commit_message(m).await.unwrap();
+    store
+        .claim_due(100, 200, &RetryPolicy::default(), 10)
+        .await
+        .unwrap();
+    store
+        .record_results(&[
+            rcpt_result(
+                id,
+                0,
+                "hard@x.test",
+                Outcome::Failed {
+                    reason: "550 5.1.1 no such user (mx.x.test[127.0.0.2]:25)".into(),
+                },
+            ),
+            rcpt_result(
+                id,
+                1,
+                "soft@x.test",
+                Outcome::Failed {
+                    reason: "552 5.2.2 mailbox full".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    let list = store.list_suppressions(None, 10).await.unwrap();
+    let names: Vec<&str> = list.iter().map(|s| s.address.as_str()).collect();
+    assert_eq!(names, ["gone@x.test", "hard@x.test"]);
+    assert_eq!(list[1].source, "bounce");
+    let events = store.message_events(id).await.unwrap();
+    let bounce = events
+        .iter()
+        .find(|e| e.recipient.as_deref() == Some("hard@x.test") && e.kind == "bounced")
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_str(bounce.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["bounce"], "hard");
+    assert_eq!(data["host"], "mx.x.test[127.0.0.2]:25");
+    assert!(store.remove_suppression("HARD@x.test").await.unwrap());
+    assert!(!store.remove_suppression("hard@x.test").await.unwrap());
+    let after = store
+        .list_suppressions(Some("gone@x.test"), 10)
+        .await
+        .unwrap();
+    assert!(after.is_empty(), "{after:?}");
+}
+
+async fn webhooks_get_every_matching_event_once(store: Arc<dyn Store>) {
+    let hook = |id: &str, events: &[&str]| WebhookRecord {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        secret: "s".into(),
+        created_at: 1,
+    };
+    store
+        .add_webhook(&hook("w1", &["delivered"]))
+        .await
+        .unwrap();
+    store.add_webhook(&hook("w2", &["*"])).await.unwrap();
+    assert_eq!(store.list_webhooks().await.unwrap()[1].events, ["*"]);
+
+    let mut m = message(&["a@x.test"], 100);
+    m.info.tags = vec!["welcome".into()];
+    let id = m.id;
+    store.commit_message(m).await.unwrap();
+    store
+        .claim_due(100, 200, &RetryPolicy::default(), 10)
+        .await
+        .unwrap();
+    store
+        .record_results(&[rcpt_result(
+            id,
+            0,
+            "a@x.test",
+            Outcome::Delivered {
+                reply: "250 ok".into(),
+            },
+        )])
+        .await
+        .unwrap();
+
+    // w1: delivered only; w2: accepted and delivered.
+    let due = store.claim_webhooks(1000, 1060, 10).await.unwrap();
+    let mut got: Vec<(String, String)> = due
+        .iter()
+        .map(|d| (d.webhook_id.clone(), d.event.kind.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("w1".to_string(), "delivered".to_string()),
+            ("w2".to_string(), "accepted".to_string()),
+            ("w2".to_string(), "delivered".to_string()),
+        ]
+    );
+    assert!(due.iter().all(|d| d.event.info.tags == ["welcome"]));
+    assert!(due.iter().all(|d| d.event.message_id == id.to_string()));
+    // Leased: a second claimer gets nothing.
+    assert!(store
+        .claim_webhooks(1000, 1060, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let first = &due[0];
+    store
+        .record_webhook(
+            first.delivery_id,
+            &WebhookAttempt {
+                at: 1001,
+                status_code: Some(500),
+                error: None,
+            },
+            WebhookOutcome::RetryAt(1100),
+        )
+        .await
+        .unwrap();
+    for d in &due[1..] {
+        store
+            .record_webhook(
+                d.delivery_id,
+                &WebhookAttempt {
+                    at: 1001,
+                    status_code: Some(200),
+                    error: None,
+                },
+                WebhookOutcome::Delivered,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(store
+        .claim_webhooks(1099, 1160, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store.claim_webhooks(1100, 1160, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_id, first.delivery_id);
+    assert_eq!(again[0].attempts, 1);
+
+    let log = store
+        .webhook_deliveries(&first.webhook_id, 10)
+        .await
+        .unwrap();
+    let d = log.iter().find(|d| d.id == first.delivery_id).unwrap();
+    assert_eq!(d.status, "pending");
+    assert_eq!(d.attempts_log.len(), 1);
+    assert_eq!(d.attempts_log[0].status_code, Some(500));
+
+    assert!(store.remove_webhook("w1").await.unwrap());
+    assert!(store.webhook_deliveries("w1", 10).await.unwrap().is_empty());
+}
+
+async fn search_and_stats(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for (i, (rcpt, subject, tag)) in [
+        ("a@x.test", "Your receipt", "receipt"),
+        ("b@x.test", "Password reset 100%", "reset"),
+        ("a@x.test", "Another receipt", "receipt"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = message(&[rcpt], 1000 + i as i64 * 3600);
+        m.info.subject = Some(subject.into());
+        m.info.tags = vec![tag.into()];
+        m.info.metadata.insert("order".into(), i.to_string());
+        ids.push(m.id);
+        store.commit_message(m).await.unwrap();
+    }
+    let q = |f: &dyn Fn(&mut MessageQuery)| {
+        let mut q = MessageQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let found = |list: Vec<tern_store::MessageSummary>| -> Vec<String> {
+        list.into_iter().map(|m| m.id).collect()
+    };
+    let s = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+    // Newest first.
+    assert_eq!(
+        found(store.search_messages(&q(&|_| {})).await.unwrap()),
+        [s[2].clone(), s[1].clone(), s[0].clone()]
+    );
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| q.recipient = Some("A@x.test".into())))
+                .await
+                .unwrap()
+        ),
+        [s[2].clone(), s[0].clone()]
+    );
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| q.subject = Some("RECEIPT".into())))
+                .await
+                .unwrap()
+        ),
+        [s[2].clone(), s[0].clone()]
+    );
+    // LIKE wildcards in the query are taken literally.
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| q.subject = Some("100%".into())))
+                .await
+                .unwrap()
+        ),
+        [s[1].clone()]
+    );
+    assert!(store
+        .search_messages(&q(&|q| q.subject = Some("_".into())))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| q.tag = Some("reset".into())))
+                .await
+                .unwrap()
+        ),
+        [s[1].clone()]
+    );
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| {
+                    q.since = Some(2000);
+                    q.until = Some(5000)
+                }))
+                .await
+                .unwrap()
+        ),
+        [s[1].clone()]
+    );
+    assert_eq!(
+        found(
+            store
+                .search_messages(&q(&|q| q.status = Some("queued".into())))
+                .await
+                .unwrap()
+        )
+        .len(),
+        3
+    );
+    // Paging: after the newest, the next two.
+    let page = store
+        .search_messages(&q(&|q| {
+            q.limit = 1;
+        }))
+        .await
+        .unwrap();
+    let next = store
+        .search_messages(&q(&|q| {
+            q.after = Some((page[0].created_at, page[0].id.clone()))
+        }))
+        .await
+        .unwrap();
+    assert_eq!(found(next), [s[1].clone(), s[0].clone()]);
+
+    let one = store.message_summary(&s[1]).await.unwrap().unwrap();
+    assert_eq!(one.info.subject.as_deref(), Some("Password reset 100%"));
+    assert_eq!(one.info.metadata["order"], "1");
+    assert_eq!(one.recipients[0].address, "b@x.test");
+
+    store
+        .record_event(
+            "refused-1",
+            Some("c@x.test"),
+            "rejected",
+            Some("550 5.7.1 relay"),
+            1500,
+        )
+        .await
+        .unwrap();
+    let stats = store.stats(0, 3600 * 3, 3600).await.unwrap();
+    let count = |bucket: i64, kind: &str| {
+        stats
+            .iter()
+            .find(|r| r.bucket == bucket && r.kind == kind)
+            .map(|r| r.count)
+            .unwrap_or(0)
+    };
+    assert_eq!(count(0, "accepted"), 1);
+    assert_eq!(count(0, "rejected"), 1);
+    assert_eq!(count(3600, "accepted"), 1);
+    assert_eq!(count(7200, "accepted"), 1);
+    let counts = store.recipient_counts().await.unwrap();
+    assert_eq!(counts, vec![("queued".to_string(), 3)]);
+}
+
+async fn prune_keeps_pending_work(store: Arc<dyn Store>) {
+    let old_done = message(&["a@x.test"], 100);
+    let old_pending = message(&["b@x.test"], 100);
+    let fresh = message(&["c@x.test"], 5000);
+    let (done_id, pending_id, fresh_id) = (old_done.id, old_pending.id, fresh.id);
+    for m in [old_done, old_pending, fresh] {
+        store.commit_message(m).await.unwrap();
+    }
+    store
+        .claim_due(100, 200, &RetryPolicy::default(), 1)
+        .await
+        .unwrap();
+    store
+        .record_results(&[rcpt_result(
+            done_id,
+            0,
+            "a@x.test",
+            Outcome::Delivered {
+                reply: "250 ok".into(),
+            },
+        )])
+        .await
+        .unwrap();
+    let pruned = store.prune(1000).await.unwrap();
+    assert!(pruned >= 3, "{pruned}");
+    assert!(store.get_message(done_id).await.unwrap().is_none());
+    assert!(store.get_message(pending_id).await.unwrap().is_some());
+    assert!(store.get_message(fresh_id).await.unwrap().is_some());
+    assert_eq!(store.message_events(fresh_id).await.unwrap().len(), 1);
 }
