@@ -55,6 +55,8 @@ fn redact(url: &str) -> String {
 pub struct Server {
     /// Bound addresses, in the order of `config.listener`.
     pub listeners: Vec<(ListenerMode, SocketAddr)>,
+    /// Where the HTTP API listens, when it does.
+    pub api: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -76,6 +78,14 @@ impl Server {
         let store = open_store(&config).await?;
         let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
         let bound = tern_smtp::bind_all(&config.listener).await?;
+        let api_listener = match config.api.listen.filter(|_| config.api.enabled) {
+            Some(addr) => Some(
+                tern_api::bind(addr)
+                    .await
+                    .with_context(|| format!("api.listen: cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         // Leases this node still holds died with its previous process (for
         // the embedded store the lock says it is the only node); their next
         // attempt was written before they started.
@@ -121,6 +131,45 @@ impl Server {
         } else {
             None
         };
+        let submitter = Arc::new(tern_smtp::Submitter {
+            hostname: config.hostname.clone(),
+            senders: tern_auth::SenderPolicy::new(&config, store.clone()),
+            signer: tern_auth::dkim::Signer::new(store.clone()),
+        });
+        let api = match api_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let ctx = Arc::new(tern_api::ApiContext {
+                    config: config.clone(),
+                    store: store.clone(),
+                    queue: queue.clone(),
+                    submit: submitter.clone(),
+                });
+                let tls = config
+                    .api
+                    .tls
+                    .then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
+                tasks.push(tokio::spawn(tern_api::serve(
+                    ctx,
+                    listener,
+                    tls,
+                    shutdown_rx.clone(),
+                )));
+                tracing::info!(%addr, tls = config.api.tls, "HTTP API listening");
+                Some(addr)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(tern_api::webhooks::dispatch(
+            config.clone(),
+            store.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(tern_api::webhooks::prune(
+            config.clone(),
+            store.clone(),
+            shutdown_rx.clone(),
+        )));
         let ctx = Arc::new(SmtpContext {
             limiter: SmtpContext::limiter(&config),
             auth_throttle: tern_smtp::AuthThrottle::new(config.limits.max_auth_failures_per_ip),
@@ -128,8 +177,7 @@ impl Server {
             queue,
             directory,
             auth: Authenticator::new(store.clone()),
-            senders: tern_auth::SenderPolicy::new(&config, store.clone()),
-            signer: tern_auth::dkim::Signer::new(store.clone()),
+            submit: submitter.clone(),
             inbound,
             config: config.clone(),
         });
@@ -142,6 +190,7 @@ impl Server {
         tracing::info!(hostname = %config.hostname, data_dir = %config.data_dir.display(), "Tern started");
         Ok(Server {
             listeners,
+            api,
             store,
             shutdown,
             tasks,

@@ -1,7 +1,9 @@
-//! The command line: `tern serve`, `tern user`, `tern queue`, `tern send`.
+//! The command line: `tern serve`, `tern user`, `tern domain`, `tern key`,
+//! `tern queue`, `tern send`, `tern bench`.
 
 mod domain;
-mod queue;
+mod key;
+pub(crate) mod queue;
 mod send;
 mod user;
 
@@ -28,7 +30,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the server (SMTP listeners, queue, delivery).
+    /// Run the server (SMTP listeners, HTTP API, queue, delivery).
     Serve,
     /// Manage users (SMTP AUTH accounts and local mailboxes).
     #[command(subcommand)]
@@ -36,6 +38,9 @@ pub enum Command {
     /// Sender domains: DKIM keys and the DNS records to publish.
     #[command(subcommand)]
     Domain(domain::DomainCommand),
+    /// API keys for the HTTP API.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Inspect and act on the queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -75,6 +80,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domain(cmd) => {
             let config = load_config(cli.config.as_deref())?;
             domain::run(&config, cmd).await
+        }
+        Command::Key(cmd) => {
+            let config = load_config(cli.config.as_deref())?;
+            key::run(&config, cmd).await
         }
         Command::Queue(cmd) => {
             let config = load_config(cli.config.as_deref())?;

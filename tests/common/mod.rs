@@ -57,6 +57,8 @@ pub fn test_config(dir: &Path) -> Config {
     // SPF/DKIM/DMARC of inbound mail need DNS; the tests that check them
     // turn them on with a TestDns.
     config.inbound.checks = false;
+    // Many servers run at once: each gets its own HTTP port.
+    config.api.listen = Some("127.0.0.1:0".parse().unwrap());
     config
 }
 

@@ -22,6 +22,8 @@ pub struct Node {
     pub submission: SocketAddr,
     /// An SMTP listener that takes AUTH without TLS (loopback scripts).
     pub plain_auth: SocketAddr,
+    /// The HTTP API (unless `extra` has its own `[api]`).
+    pub api: SocketAddr,
     child: Option<Child>,
 }
 
@@ -35,6 +37,12 @@ impl Node {
     pub fn with_config(dir: &Path, extra: &str) -> Node {
         let (smtp, submission, smtps) = (free_port(), free_port(), free_port());
         let plain_auth = free_port();
+        let api = free_port();
+        let api_section = if extra.contains("[api]") {
+            String::new()
+        } else {
+            format!("[api]\nlisten = \"127.0.0.1:{api}\"\n")
+        };
         let dns = if extra.contains("[dns]") {
             ""
         } else {
@@ -62,7 +70,7 @@ mode = "smtp"
 allow_plaintext_auth = true
 [domains]
 local = ["example.test"]
-{dns}{extra}
+{dns}{api_section}{extra}
 "#,
                 dir.join("data").display()
             ),
@@ -74,6 +82,7 @@ local = ["example.test"]
             smtp: format!("127.0.0.1:{smtp}").parse().unwrap(),
             submission: format!("127.0.0.1:{submission}").parse().unwrap(),
             plain_auth: format!("127.0.0.1:{plain_auth}").parse().unwrap(),
+            api: format!("127.0.0.1:{api}").parse().unwrap(),
             child: None,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod dkim;
 pub mod inbound;
+pub mod keys;
 mod senders;
 
 use std::sync::Arc;

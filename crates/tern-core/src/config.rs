@@ -411,6 +411,86 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+/// The HTTP API, metrics and health check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the HTTP API at all.
+    pub enabled: bool,
+    /// Where it listens.
+    pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with the certificate of `[tls]`.
+    pub tls: bool,
+    /// Largest request body, in octets. Default: the message size limit
+    /// plus a third (base64 grows attachments by 4/3).
+    pub max_request_size: Option<u64>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+            tls: false,
+            max_request_size: None,
+        }
+    }
+}
+
+/// The event log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events and finished messages older than this are removed.
+    pub retention: HumanDuration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention: HumanDuration(Duration::from_secs(30 * 86400)),
+        }
+    }
+}
+
+/// Webhook deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Waits between attempts after a failure; after the last one the
+    /// delivery is given up. The default adds up to about 24 hours.
+    pub retry: Vec<HumanDuration>,
+    /// How long one POST may take.
+    pub timeout: HumanDuration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let m = |n: u64| HumanDuration(Duration::from_secs(n * 60));
+        WebhooksConfig {
+            // 1m 5m 15m 30m 1h 2h 4h 8h 8h: 23h51m in all.
+            retry: vec![
+                m(1),
+                m(5),
+                m(15),
+                m(30),
+                m(60),
+                m(120),
+                m(240),
+                m(480),
+                m(480),
+            ],
+            timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// The machine's name when it is a usable domain name, else `localhost`.
@@ -591,6 +671,28 @@ impl Config {
         }
         if self.queue.retry.is_empty() {
             return Err(invalid("queue.retry", "needs at least one interval".into()));
+        }
+        if self.webhooks.retry.iter().any(|d| d.0.is_zero()) {
+            return Err(invalid(
+                "webhooks.retry",
+                "intervals must be longer than 0".into(),
+            ));
+        }
+        if self.webhooks.timeout.0.is_zero() {
+            return Err(invalid("webhooks.timeout", "must be longer than 0".into()));
+        }
+        if self.events.retention.0 < Duration::from_secs(3600) {
+            return Err(invalid("events.retention", "must be at least 1h".into()));
+        }
+        if self.api.listen.is_some_and(|a| {
+            self.listener
+                .iter()
+                .any(|l| l.address.port() != 0 && l.address == a)
+        }) {
+            return Err(invalid(
+                "api.listen",
+                "is also the address of an SMTP listener".into(),
+            ));
         }
         match (&self.store.backend, &self.store.url) {
             (Backend::Postgres, None) => {

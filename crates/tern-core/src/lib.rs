@@ -5,6 +5,7 @@ pub mod config;
 pub mod event;
 pub mod id;
 pub mod message;
+pub mod metrics;
 pub mod retry;
 
 pub use address::{Address, AddressError};

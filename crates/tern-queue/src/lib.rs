@@ -113,6 +113,11 @@ impl Queue {
                 suppressed: suppressed.clone(),
             })
             .await?;
+        tern_core::metrics::inc(&tern_core::metrics::METRICS.messages_accepted);
+        tern_core::metrics::METRICS.recipients_suppressed.fetch_add(
+            suppressed.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if !all_suppressed {
             self.wake.notify_one();
         }
@@ -123,6 +128,11 @@ impl Queue {
                 .map(|(i, _)| addresses[i].clone())
                 .collect(),
         })
+    }
+
+    /// Tells the scheduler to look for due work now (after a retry).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     pub(crate) fn wake_handle(&self) -> Arc<Notify> {

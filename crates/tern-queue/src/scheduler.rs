@@ -211,17 +211,23 @@ impl Scheduler {
                 retry_at: at + policy.delay_after(d.attempts + 1).as_secs() as i64,
             },
         };
+        let m = &tern_core::metrics::METRICS;
         match &outcome {
             Outcome::Delivered { reply } => {
+                tern_core::metrics::inc(&m.recipients_delivered);
+                m.observe_latency((at - d.created_at).max(0) as u64);
                 tracing::info!(id = %d.message_id, rcpt = %d.address, %reply, "delivered")
             }
             Outcome::Deferred { reason, .. } => {
+                tern_core::metrics::inc(&m.recipients_deferred);
                 tracing::info!(id = %d.message_id, rcpt = %d.address, %reason, "deferred")
             }
             Outcome::Failed { reason } => {
+                tern_core::metrics::inc(&m.recipients_bounced);
                 tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "bounced")
             }
             Outcome::Expired { reason } => {
+                tern_core::metrics::inc(&m.recipients_expired);
                 tracing::warn!(id = %d.message_id, rcpt = %d.address, %reason, "expired")
             }
         }

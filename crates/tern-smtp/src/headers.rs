@@ -31,9 +31,15 @@ pub fn received(t: &TraceInfo<'_>) -> String {
             }
         })
         .collect();
+    // No HELO (the HTTP API): the address alone.
+    let from = if helo.is_empty() {
+        format!("[{}]", t.peer)
+    } else {
+        format!("{helo} ([{}])", t.peer)
+    };
     let mut h = format!(
-        "Received: from {helo} ([{}])\r\n\tby {} (Tern) with {} id {}",
-        t.peer, t.hostname, t.protocol, t.id
+        "Received: from {from}\r\n\tby {} (Tern) with {} id {}",
+        t.hostname, t.protocol, t.id
     );
     if let Some(tls) = t.tls {
         h.push_str(&format!("\r\n\t(using {tls})"));

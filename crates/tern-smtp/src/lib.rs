@@ -4,17 +4,17 @@
 //! command handlers (one file each under `session/`), and hands finished
 //! messages to the queue. It never touches storage directly.
 
-mod headers;
+pub mod headers;
 mod limits;
 mod listener;
 mod session;
+pub mod submit;
 pub mod tls;
 
 use std::sync::Arc;
 
-use tern_auth::dkim::Signer;
 use tern_auth::inbound::InboundChecker;
-use tern_auth::{Authenticator, SenderPolicy};
+use tern_auth::Authenticator;
 use tern_core::Config;
 use tern_delivery::Directory;
 use tern_queue::Queue;
@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use limits::{AuthThrottle, ConnectionLimiter};
 pub use listener::{bind_all, serve, BoundListener};
+pub use submit::Submitter;
 
 /// What every session shares. Passed down, never global, so two servers can
 /// run in one process (the tests do).
@@ -31,8 +32,8 @@ pub struct SmtpContext {
     pub queue: Queue,
     pub directory: Directory,
     pub auth: Authenticator,
-    pub senders: SenderPolicy,
-    pub signer: Signer,
+    /// Sender identity, Message-ID/Date, trace and DKIM for submissions.
+    pub submit: Arc<Submitter>,
     /// SPF/DKIM/ARC/DMARC for inbound mail; `None` when turned off.
     pub inbound: Option<Arc<InboundChecker>>,
     pub limiter: Arc<ConnectionLimiter>,

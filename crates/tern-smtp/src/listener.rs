@@ -117,9 +117,11 @@ async fn accept_loop(
             continue;
         };
         let session = Session::new(ctx.clone(), l.config.clone(), peer, shutdown.clone());
+        let counted = tern_core::metrics::SessionGuard::open();
         let _ = spawn.send(Box::pin(async move {
             session.run(stream).await;
             drop(guard);
+            drop(counted);
         }));
     }
 }

@@ -6,6 +6,7 @@ use tern_proto::{ChunkChecker, DataError, DataReader, Reply, ReversePath};
 
 use super::{Session, State, Transaction};
 use crate::headers::{self, TraceInfo};
+use crate::submit::Refusal;
 use tern_auth::inbound::{DmarcVerdict, Requested};
 
 impl Session {
@@ -134,7 +135,8 @@ impl Session {
     /// 250 only after the queue says the message is durable.
     async fn accept(&mut self, tx: Transaction) {
         if let Some(user) = self.user.clone() {
-            if let Err(reply) = self.check_header_from(&user, &tx.body).await {
+            if let Err(refusal) = self.ctx.submit.check_from_header(&user, &tx.body).await {
+                let reply = refusal_reply(&refusal);
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.error(reply);
                 return;
@@ -160,7 +162,7 @@ impl Session {
             (true, false, true) => "ESMTPA",
             (true, true, true) => "ESMTPSA",
         };
-        let mut message = headers::received(&TraceInfo {
+        let trace = TraceInfo {
             helo: self.helo.as_deref().unwrap_or(""),
             peer: self.peer.ip(),
             hostname: &config.hostname,
@@ -170,22 +172,10 @@ impl Session {
             single_recipient: (tx.accepted == 1)
                 .then(|| tx.first_rcpt.as_ref().map(|a| a.to_string()))
                 .flatten(),
-        })
-        .into_bytes();
-        message.splice(0..0, checks.into_bytes());
-        if self.user.is_some() {
-            message.extend_from_slice(
-                headers::submission_fixes(&body, id, &config.hostname).as_bytes(),
-            );
-        }
-        message.extend_from_slice(&body);
-        if self.user.is_some() {
-            // Signed last, after every header change (RFC 6376 5).
-            match self.ctx.signer.sign(&message).await {
-                Ok(headers) if !headers.is_empty() => {
-                    message.splice(0..0, headers.into_bytes());
-                }
-                Ok(_) => {}
+        };
+        let message = if self.user.is_some() {
+            match self.ctx.submit.seal(id, &trace, &body).await {
+                Ok(message) => message,
                 Err(e) => {
                     tracing::error!(peer = %self.peer, error = %e, "cannot DKIM-sign");
                     self.reply(Reply::new(
@@ -196,7 +186,12 @@ impl Session {
                     return;
                 }
             }
-        }
+        } else {
+            let mut message = checks.into_bytes();
+            message.extend_from_slice(headers::received(&trace).as_bytes());
+            message.extend_from_slice(&body);
+            message
+        };
         let envelope = Envelope {
             sender: match tx.sender {
                 ReversePath::Null => None,
@@ -279,47 +274,13 @@ impl Session {
         }
         Ok(headers)
     }
+}
 
-    /// Sender identity for the header: every From address of submitted mail
-    /// must be in a domain the user may send as.
-    async fn check_header_from(&self, user: &str, body: &[u8]) -> Result<(), Reply> {
-        // RFC 5322 3.6: exactly one From field. A second one could carry
-        // another identity past this check (and past the reader).
-        let fields = headers::count_header(body, "from");
-        let domains = tern_auth::dkim::from_domains(body);
-        if fields > 1 {
-            return Err(Reply::new(553, "5.7.1", "More than one From: header field"));
-        }
-        if fields == 1 && domains.is_empty() {
-            return Err(Reply::new(
-                553,
-                "5.7.1",
-                "From: header without a usable address",
-            ));
-        }
-        for domain in domains {
-            match self.ctx.senders.allows(&domain).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Reply::new(
-                        553,
-                        "5.7.1",
-                        format!(
-                            "From: header not allowed: {domain} is not a sender domain of {user}"
-                        ),
-                    ))
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sender domain lookup failed");
-                    return Err(Reply::new(
-                        451,
-                        "4.3.0",
-                        "Temporary lookup failure, try again later",
-                    ));
-                }
-            }
-        }
-        Ok(())
+/// The SMTP answer to a refused submission.
+pub(crate) fn refusal_reply(r: &Refusal) -> Reply {
+    match r {
+        Refusal::NotAllowed(t) | Refusal::BadFrom(t) => Reply::new(553, "5.7.1", t.clone()),
+        Refusal::Temporary(t) => Reply::new(451, "4.3.0", t.clone()),
     }
 }
 

@@ -63,25 +63,15 @@ impl Session {
             return;
         }
         if let (Some(user), ReversePath::Mailbox(a)) = (&self.user, &from) {
-            match self.ctx.senders.allows(a.domain()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let text = format!(
-                        "Sender <{a}> not allowed: {} is not a sender domain of {user}",
-                        a.domain()
-                    );
-                    self.error(Reply::new(553, "5.7.1", text));
-                    return;
+            let what = format!("Sender <{a}>");
+            if let Err(refusal) = self.ctx.submit.check_domain(user, a.domain(), &what).await {
+                let reply = super::data::refusal_reply(&refusal);
+                if reply.code >= 500 {
+                    self.error(reply);
+                } else {
+                    self.reply(reply);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "sender domain lookup failed");
-                    self.reply(Reply::new(
-                        451,
-                        "4.3.0",
-                        "Temporary lookup failure, try again later",
-                    ));
-                    return;
-                }
+                return;
             }
         }
         self.tx = Some(Transaction {

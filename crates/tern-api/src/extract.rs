@@ -1,0 +1,122 @@
+//! Request extractors whose failures are API errors (JSON, with the field
+//! named) instead of axum's plain-text rejections.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A request body, read whole (up to the body limit: 413 past it). It is
+/// parsed by `json` only after the key is checked, so a request without a
+/// valid key hears 401 whatever its body.
+pub struct ApiBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| {
+                let t = t.trim().to_ascii_lowercase();
+                t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+            });
+        match bytes::Bytes::from_request(req, state).await {
+            Ok(b) if json => Ok(ApiBody(b)),
+            Ok(_) => Err(ApiError::unsupported(
+                "Expected a request with Content-Type: application/json",
+            )),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large("The request body is too large"))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+impl ApiBody {
+    /// The body as `T`: malformed JSON is 400; a missing, unknown or
+    /// mistyped field is 422 naming it.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        match serde_path_to_error::deserialize(&mut de) {
+            Ok(v) => {
+                de.end()
+                    .map_err(|e| ApiError::bad_request(format!("Malformed JSON: {e}")))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let inner = e.inner();
+                if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+                    return Err(ApiError::bad_request(format!("Malformed JSON: {inner}")));
+                }
+                let path = e.path().to_string();
+                let text = inner.to_string();
+                let field = if path == "." {
+                    field_of(&text)
+                } else {
+                    Some(path)
+                };
+                Err(ApiError {
+                    field,
+                    ..ApiError::invalid("", text)
+                })
+            }
+        }
+    }
+}
+
+/// Query parameters: a bad one is 400 naming it.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                let text = e.body_text();
+                Err(ApiError {
+                    field: field_of(&text),
+                    ..ApiError::bad_request(clean(&text))
+                })
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// A path parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                Err(ApiError::bad_request(e.body_text()))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// serde names a missing or unknown field in its message: "missing field
+/// `from`", "unknown field `tos`".
+fn field_of(text: &str) -> Option<String> {
+    let i = text.find("field `")?;
+    let rest = &text[i + 7..];
+    rest.find('`').map(|j| rest[..j].to_string())
+}
+
+fn clean(text: &str) -> String {
+    text.replace("Failed to deserialize query string: ", "")
+}
