@@ -65,6 +65,8 @@ local = ["bench.test"]
 backend = "postgres"
 url = "$PGURL/$db"
 node_id = "node-$i"
+[api]
+enabled = false
 [delivery]
 relay = "127.0.0.1:$sink_port"
 tls = "none"

@@ -110,6 +110,21 @@ impl TestServer {
         self.nth(ListenerMode::Smtp, 1)
     }
 
+    /// The HTTP API's base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn api_url(&self) -> String {
+        let addr = self.server().api.expect("the HTTP API is on");
+        format!("http://{addr}")
+    }
+
+    /// A new API key of this scope (`send`, `read` or `admin`), named
+    /// `NAME`, as `tern key create` would make it.
+    pub async fn api_key(&self, name: &str, scope: &str) -> String {
+        let scope = tern_auth::keys::Scope::parse(scope).expect("send, read or admin");
+        let (record, key) = tern_auth::keys::generate(name, scope, tern_core::unix_now());
+        self.server().store.add_api_key(&record).await.unwrap();
+        key
+    }
+
     pub fn cert_pem(&self) -> PathBuf {
         self.config.data_dir.join("tls/cert.pem")
     }
