@@ -439,3 +439,40 @@ async fn smuggling_is_refused_on_every_listener_over_data_and_bdat_even_fully_pi
     assert!(t.mailbox(DOMAIN, "alice").is_empty());
     assert!(t.mailbox(DOMAIN, "admin").is_empty());
 }
+
+/// Mail refused by policy is recorded as `rejected` events (for search,
+/// statistics and webhooks), with the sender, the client and the reply.
+#[tokio::test]
+async fn refusals_are_recorded_as_rejected_events() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<spammer@evil.test>", "250").await;
+    c.cmd("RCPT TO:<victim@elsewhere.test>", "550 5.7.1").await;
+    c.cmd("RCPT TO:<nobody@example.test>", "550 5.1.1").await;
+    c.cmd("QUIT", "221").await;
+    let store = t.server().store.clone();
+    let now = tern_core::unix_now();
+    let mut rejected = 0;
+    for _ in 0..50 {
+        let stats = store.stats(now - 60, now + 60, 3600).await.unwrap();
+        rejected = stats
+            .iter()
+            .filter(|r| r.kind == "rejected")
+            .map(|r| r.count)
+            .sum::<i64>();
+        if rejected >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rejected, 2);
+    let hits = store
+        .search_messages(&tern_store::MessageQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(hits.is_empty(), "a refusal queues nothing: {hits:?}");
+}

@@ -117,10 +117,12 @@ pub(crate) enum Bind {
 }
 
 /// Expands to `impl ApiStore for $store`. `$pool` is the pool field,
-/// `$sql` turns `?` SQL into the backend's, `$begin` opens a write
-/// transaction, `$skip_locked` is appended to claim queries.
+/// `$light` the pool for frequent bookkeeping writes that need not wait
+/// for fsync (events of refused mail, webhook attempts), `$sql` turns `?`
+/// SQL into the backend's, `$begin` opens a write transaction,
+/// `$skip_locked` is appended to claim queries.
 macro_rules! impl_api_store {
-    ($store:ty, $db:ty, $pool:ident, $sql:path, $begin:literal, $skip_locked:literal) => {
+    ($store:ty, $db:ty, $pool:ident, $light:ident, $sql:path, $begin:literal, $skip_locked:literal) => {
         impl $store {
             async fn recipients_of(
                 &self,
@@ -390,7 +392,7 @@ macro_rules! impl_api_store {
                 limit: usize,
             ) -> $crate::Result<Vec<$crate::DueWebhook>> {
                 use sqlx::Row;
-                let mut tx = self.$pool.begin_with($begin).await?;
+                let mut tx = self.$light.begin_with($begin).await?;
                 let sql = $sql(&format!(
                     "SELECT d.id AS delivery_id, d.attempts, w.id AS webhook_id, w.url, w.secret,
                             e.id AS event_id, e.message_id, e.recipient, e.kind, e.detail,
@@ -453,7 +455,7 @@ macro_rules! impl_api_store {
                 attempt: &$crate::WebhookAttempt,
                 outcome: $crate::WebhookOutcome,
             ) -> $crate::Result<()> {
-                let mut tx = self.$pool.begin_with($begin).await?;
+                let mut tx = self.$light.begin_with($begin).await?;
                 sqlx::query(&$sql(
                     "INSERT INTO webhook_attempts (delivery_id, at, status_code, error)
                      VALUES (?, ?, ?, ?)",
@@ -498,7 +500,7 @@ macro_rules! impl_api_store {
                 .bind(kind)
                 .bind(detail)
                 .bind(at)
-                .execute(&self.$pool)
+                .execute(&self.$light)
                 .await?;
                 Ok(())
             }

@@ -710,6 +710,7 @@ crate::api::impl_api_store!(
     PgStore,
     sqlx::Postgres,
     pool,
+    pool,
     crate::api::numbered,
     "BEGIN",
     " FOR UPDATE OF d SKIP LOCKED"

@@ -769,6 +769,7 @@ crate::api::impl_api_store!(
     SqliteStore,
     sqlx::Sqlite,
     pool,
+    state,
     crate::api::same,
     "BEGIN IMMEDIATE",
     ""

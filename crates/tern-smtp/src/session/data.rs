@@ -138,7 +138,11 @@ impl Session {
             if let Err(refusal) = self.ctx.submit.check_from_header(&user, &tx.body).await {
                 let reply = refusal_reply(&refusal);
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
-                self.error(reply);
+                self.reject(
+                    &tx.sender,
+                    tx.recipients.iter().map(|r| r.to_string()).collect(),
+                    reply,
+                );
                 return;
             }
         }
@@ -148,7 +152,11 @@ impl Session {
             Ok(headers) => headers,
             Err(reply) => {
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
-                self.error(reply);
+                self.reject(
+                    &tx.sender,
+                    tx.recipients.iter().map(|r| r.to_string()).collect(),
+                    reply,
+                );
                 return;
             }
         };

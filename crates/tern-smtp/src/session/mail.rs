@@ -67,7 +67,7 @@ impl Session {
             if let Err(refusal) = self.ctx.submit.check_domain(user, a.domain(), &what).await {
                 let reply = super::data::refusal_reply(&refusal);
                 if reply.code >= 500 {
-                    self.error(reply);
+                    self.reject(&from, Vec::new(), reply);
                 } else {
                     self.reply(reply);
                 }

@@ -211,6 +211,39 @@ impl Session {
         self.out.extend_from_slice(&reply.to_bytes());
     }
 
+    /// Records mail refused by policy as `rejected` events (for search,
+    /// statistics and webhooks), one per recipient (or one without), then
+    /// answers with `reply`. The write runs on its own: a refusal never
+    /// waits for the store. The events name the refused transaction by an
+    /// id of its own.
+    pub(crate) fn reject(&mut self, sender: &ReversePath, recipients: Vec<String>, reply: Reply) {
+        let sender = match sender {
+            ReversePath::Mailbox(a) => format!("<{a}>"),
+            ReversePath::Null => "<>".into(),
+        };
+        let detail = format!("from {sender} [{}]: {reply}", self.peer.ip());
+        let store = self.ctx.queue.store().clone();
+        tokio::spawn(async move {
+            let id = tern_core::MessageId::generate().to_string();
+            let now = tern_core::unix_now();
+            let recipients: Vec<Option<String>> = if recipients.is_empty() {
+                vec![None]
+            } else {
+                recipients.into_iter().map(Some).collect()
+            };
+            for r in recipients {
+                if let Err(e) = store
+                    .record_event(&id, r.as_deref(), "rejected", Some(&detail), now)
+                    .await
+                {
+                    tracing::debug!(error = %e, "cannot record a rejection");
+                    return;
+                }
+            }
+        });
+        self.error(reply);
+    }
+
     /// Feeds received bytes through the current state. A state change in
     /// the middle (DATA, BDAT, end of data) hands the rest to the new state.
     async fn ingest(&mut self, bytes: &[u8]) -> Flow {

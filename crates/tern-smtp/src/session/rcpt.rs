@@ -41,7 +41,12 @@ impl Session {
         // (RFC 2505 2.6); a stranger gets none of them.
         if !authenticated && (!rcpt.is_plain() || rcpt.domain().starts_with('[')) {
             tracing::info!(peer = %self.peer, rcpt = ?rcpt.to_string(), "relay refused (address form)");
-            self.error(Reply::new(550, "5.7.1", "Relay access denied"));
+            let sender = tx.sender.clone();
+            self.reject(
+                &sender,
+                vec![rcpt.to_string()],
+                Reply::new(550, "5.7.1", "Relay access denied"),
+            );
             return;
         }
         let resolution = match self.ctx.directory.resolve(&rcpt).await {
@@ -61,11 +66,21 @@ impl Session {
             Resolution::Remote if authenticated => vec![rcpt.clone()],
             Resolution::Remote => {
                 tracing::info!(peer = %self.peer, rcpt = ?rcpt.to_string(), "relay refused");
-                self.error(Reply::new(550, "5.7.1", "Relay access denied"));
+                let sender = self.tx.as_ref().expect("checked above").sender.clone();
+                self.reject(
+                    &sender,
+                    vec![rcpt.to_string()],
+                    Reply::new(550, "5.7.1", "Relay access denied"),
+                );
                 return;
             }
             Resolution::Unknown => {
-                self.error(Reply::new(550, "5.1.1", "No such user here"));
+                let sender = self.tx.as_ref().expect("checked above").sender.clone();
+                self.reject(
+                    &sender,
+                    vec![rcpt.to_string()],
+                    Reply::new(550, "5.1.1", "No such user here"),
+                );
                 return;
             }
         };
