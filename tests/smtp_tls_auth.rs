@@ -176,3 +176,27 @@ async fn password_guessing_across_connections_is_throttled_per_address() {
     c.ehlo().await;
     c.auth_plain(USER, PASSWORD, "454 4.7.0").await;
 }
+
+/// `[senders.users]` gives one user its own sender domains, replacing the
+/// server-wide rule for that user only.
+#[tokio::test]
+async fn a_user_can_be_limited_to_its_own_sender_domains() {
+    let t = TestServer::start_with(|c| {
+        c.senders
+            .users
+            .insert(USER.into(), vec!["Only.test".into()]);
+    })
+    .await;
+    let mut c = Client::connect(t.smtp_plain_auth()).await;
+    c.ehlo().await;
+    c.auth_plain(USER, PASSWORD, "235").await;
+    // A local domain, allowed to everyone else by default, is not this
+    // user's.
+    let r = c.cmd("MAIL FROM:<alice@example.test>", "553 5.7.1").await;
+    assert!(
+        r.text().contains("example.test is not a sender domain of alice"),
+        "{:?}",
+        r.lines
+    );
+    c.cmd("MAIL FROM:<alice@only.test>", "250").await;
+}

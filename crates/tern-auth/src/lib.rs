@@ -15,7 +15,7 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use tern_store::{Store, StoreError};
 
-pub use senders::SenderPolicy;
+pub use senders::{Sender, SenderPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -2,6 +2,7 @@
 //! MAIL FROM and in the From header. Without it any user could send mail
 //! in the name of any domain the server signs for.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tern_core::Config;
@@ -13,6 +14,35 @@ pub struct SenderPolicy {
     local_domains: Vec<String>,
     /// `None`: the registered and local domains. `Some(["*"])`: anything.
     configured: Option<Vec<String>>,
+    users: BTreeMap<String, Vec<String>>,
+    keys: BTreeMap<String, Vec<String>>,
+}
+
+/// Who is sending: an SMTP user or an API key, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender<'a> {
+    User(&'a str),
+    Key(&'a str),
+}
+
+impl std::fmt::Display for Sender<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::User(n) => write!(f, "{n}"),
+            Sender::Key(n) => write!(f, "API key {n}"),
+        }
+    }
+}
+
+fn lower(map: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            )
+        })
+        .collect()
 }
 
 impl SenderPolicy {
@@ -25,13 +55,20 @@ impl SenderPolicy {
                 .domains
                 .as_ref()
                 .map(|d| d.iter().map(|d| d.to_ascii_lowercase()).collect()),
+            users: lower(&config.senders.users),
+            keys: lower(&config.senders.keys),
         }
     }
 
-    /// Whether an authenticated user may send as `domain`.
-    pub async fn allows(&self, domain: &str) -> Result<bool, StoreError> {
+    /// Whether `who` may send as `domain`: its own list when it has one,
+    /// else the server-wide rule.
+    pub async fn allows(&self, who: Sender<'_>, domain: &str) -> Result<bool, StoreError> {
         let domain = domain.to_ascii_lowercase();
-        if let Some(list) = &self.configured {
+        let own = match who {
+            Sender::User(n) => self.users.get(n),
+            Sender::Key(n) => self.keys.get(n),
+        };
+        if let Some(list) = own.or(self.configured.as_ref()) {
             return Ok(list.iter().any(|d| d == "*" || *d == domain));
         }
         if self.local_domains.contains(&domain) {

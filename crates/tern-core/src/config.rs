@@ -256,6 +256,11 @@ pub struct SendersConfig {
     /// header. `["*"]` allows any. Default: the sender domains added with
     /// `tern domain add`, and the local domains.
     pub domains: Option<Vec<String>>,
+    /// Per SMTP user: the domains this user may send as, instead of
+    /// `domains` (`alice = ["example.com"]`).
+    pub users: BTreeMap<String, Vec<String>>,
+    /// Per API key (by its name): the same for keys.
+    pub keys: BTreeMap<String, Vec<String>>,
 }
 
 /// Which storage backend holds the queue.

@@ -4,7 +4,7 @@
 //! identity, Message-ID and Date, the trace header, DKIM signing last.
 
 use tern_auth::dkim::Signer;
-use tern_auth::SenderPolicy;
+use tern_auth::{Sender, SenderPolicy};
 use tern_core::MessageId;
 
 use crate::headers::{self, TraceInfo};
@@ -36,12 +36,17 @@ impl Refusal {
 }
 
 impl Submitter {
-    /// Whether `user` may send as `domain` (MAIL FROM or From).
-    pub async fn check_domain(&self, user: &str, domain: &str, what: &str) -> Result<(), Refusal> {
-        match self.senders.allows(domain).await {
+    /// Whether `who` may send as `domain` (MAIL FROM or From).
+    pub async fn check_domain(
+        &self,
+        who: Sender<'_>,
+        domain: &str,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        match self.senders.allows(who, domain).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Refusal::NotAllowed(format!(
-                "{what} not allowed: {domain} is not a sender domain of {user}"
+                "{what} not allowed: {domain} is not a sender domain of {who}"
             ))),
             Err(e) => {
                 tracing::error!(error = %e, "sender domain lookup failed");
@@ -55,7 +60,7 @@ impl Submitter {
     /// Sender identity for the header: exactly one From field (RFC 5322
     /// 3.6; a second one could carry another identity past this check),
     /// and every address in it in a domain the user may send as.
-    pub async fn check_from_header(&self, user: &str, body: &[u8]) -> Result<(), Refusal> {
+    pub async fn check_from_header(&self, who: Sender<'_>, body: &[u8]) -> Result<(), Refusal> {
         let fields = headers::count_header(body, "from");
         let domains = tern_auth::dkim::from_domains(body);
         if fields > 1 {
@@ -67,7 +72,7 @@ impl Submitter {
             ));
         }
         for domain in domains {
-            self.check_domain(user, &domain, "From: header").await?;
+            self.check_domain(who, &domain, "From: header").await?;
         }
         Ok(())
     }

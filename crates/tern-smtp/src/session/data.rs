@@ -135,7 +135,12 @@ impl Session {
     /// 250 only after the queue says the message is durable.
     async fn accept(&mut self, tx: Transaction) {
         if let Some(user) = self.user.clone() {
-            if let Err(refusal) = self.ctx.submit.check_from_header(&user, &tx.body).await {
+            if let Err(refusal) = self
+                .ctx
+                .submit
+                .check_from_header(tern_auth::Sender::User(&user), &tx.body)
+                .await
+            {
                 let reply = refusal_reply(&refusal);
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.reject(

@@ -64,7 +64,12 @@ impl Session {
         }
         if let (Some(user), ReversePath::Mailbox(a)) = (&self.user, &from) {
             let what = format!("Sender <{a}>");
-            if let Err(refusal) = self.ctx.submit.check_domain(user, a.domain(), &what).await {
+            if let Err(refusal) = self
+                .ctx
+                .submit
+                .check_domain(tern_auth::Sender::User(user), a.domain(), &what)
+                .await
+            {
                 let reply = super::data::refusal_reply(&refusal);
                 if reply.code >= 500 {
                     self.reject(&from, Vec::new(), reply);
