@@ -317,7 +317,11 @@ pub async fn send_raw(
     let subject = tern_queue::subject_of(&body).unwrap_or_default();
     let info = info(subject, &req.tags, &req.metadata)?;
     submitter_check(&ctx, &key, &from, "from").await?;
-    if let Err(r) = ctx.submit.check_from_header(&key.name, &body).await {
+    if let Err(r) = ctx
+        .submit
+        .check_from_header(tern_auth::Sender::Key(&key.name), &body)
+        .await
+    {
         return Err(refusal(&ctx, r, "message", &from).await);
     }
     // Bcc never travels with the message (RFC 5322 3.6.3).
@@ -400,7 +404,7 @@ async fn submitter_check(
     let what = format!("Sender <{from}>");
     match ctx
         .submit
-        .check_domain(&key.name, from.domain(), &what)
+        .check_domain(tern_auth::Sender::Key(&key.name), from.domain(), &what)
         .await
     {
         Ok(()) => Ok(()),
