@@ -77,3 +77,42 @@ impl SenderPolicy {
         Ok(self.store.list_domains().await?.contains(&domain))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn own_lists_replace_the_server_wide_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tern_store::SqliteStore::open(dir.path()).await.unwrap());
+        store.add_domain("registered.test", 0).await.unwrap();
+        let mut config = Config::default();
+        config.domains.local = Some(vec!["local.test".into()]);
+        config
+            .senders
+            .users
+            .insert("alice".into(), vec!["Alice.test".into()]);
+        config
+            .senders
+            .keys
+            .insert("billing".into(), vec!["*".into()]);
+        let p = SenderPolicy::new(&config, store);
+        let ok = |who, d| {
+            let p = p.clone();
+            async move { p.allows(who, d).await.unwrap() }
+        };
+        // Everyone else: local and registered domains.
+        assert!(ok(Sender::User("bob"), "local.test").await);
+        assert!(ok(Sender::Key("app"), "REGISTERED.test").await);
+        assert!(!ok(Sender::Key("app"), "other.test").await);
+        // alice: her own list only.
+        assert!(ok(Sender::User("alice"), "alice.test").await);
+        assert!(!ok(Sender::User("alice"), "local.test").await);
+        // The key named billing may send as anything; a user of that name
+        // is not the key.
+        assert!(ok(Sender::Key("billing"), "anything.test").await);
+        assert!(!ok(Sender::User("billing"), "anything.test").await);
+    }
+}
