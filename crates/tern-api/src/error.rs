@@ -16,7 +16,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable word for programs: `bad_request`, `invalid_field`,
     /// `unauthorized`, `forbidden`, `not_found`, `too_large`,
-    /// `unavailable`, `internal`.
+    /// `unsupported_media_type`, `unavailable`.
     pub code: String,
     /// What went wrong, for people.
     pub message: String,

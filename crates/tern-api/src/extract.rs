@@ -8,10 +8,14 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A request body, read whole (up to the body limit: 413 past it). It is
-/// parsed by `json` only after the key is checked, so a request without a
-/// valid key hears 401 whatever its body.
-pub struct ApiBody(pub bytes::Bytes);
+/// A request body, read whole (up to the body limit: 413 past it). Its
+/// type and content are checked by `json` only after the key is, so a
+/// request without a valid key hears 401 whatever its body.
+pub struct ApiBody {
+    bytes: bytes::Bytes,
+    /// Content-Type said JSON.
+    is_json: bool,
+}
 
 impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
@@ -27,10 +31,10 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
                 t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
             });
         match bytes::Bytes::from_request(req, state).await {
-            Ok(b) if json => Ok(ApiBody(b)),
-            Ok(_) => Err(ApiError::unsupported(
-                "Expected a request with Content-Type: application/json",
-            )),
+            Ok(bytes) => Ok(ApiBody {
+                bytes,
+                is_json: json,
+            }),
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::too_large("The request body is too large"))
             }
@@ -40,10 +44,15 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
 }
 
 impl ApiBody {
-    /// The body as `T`: malformed JSON is 400; a missing, unknown or
-    /// mistyped field is 422 naming it.
+    /// The body as `T`: not JSON is 415; malformed JSON is 400; a missing,
+    /// unknown or mistyped field is 422 naming it.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        if !self.is_json {
+            return Err(ApiError::unsupported(
+                "Expected a request with Content-Type: application/json",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&self.bytes);
         match serde_path_to_error::deserialize(&mut de) {
             Ok(v) => {
                 de.end()
