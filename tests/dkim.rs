@@ -1,7 +1,7 @@
 //! Sender domains: mail Tern signs verifies with an independent verifier
 //! (Python's dkimpy) against the DNS record Tern prints, for RSA and
-//! Ed25519, plain and MIME messages; and an authenticated user may only
-//! send as its allowed domains.
+//! Ed25519, plain and MIME messages, sent over SMTP or the HTTP API; and an
+//! authenticated user may only send as its allowed domains.
 
 mod common;
 
@@ -162,6 +162,87 @@ async fn a_mime_message_with_attachments_verifies() {
     assert_eq!(r.code, 250, "{:?}", r.lines);
     let got = fake.wait_received(1, 15).await;
     assert_eq!(dkimpy_verify(&got[0].data, &records), [true]);
+}
+
+/// POSTs `body` to the API path with a send key; the answer's JSON.
+async fn api_send(
+    t: &TestServer,
+    key: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    tern_smtp::tls::install_crypto_provider();
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", t.api_url()))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("the API answers");
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_sent_through_the_http_api_verifies() {
+    use base64::Engine;
+    let (t, fake, records, _dns) = setup(&[Algorithm::Rsa2048, Algorithm::Ed25519]).await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let pdf: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    // Built by Tern from JSON: multipart, an attachment, 8-bit text, a
+    // display name and a header of the caller's.
+    let key = t.api_key("reports", "send").await;
+    let sent = api_send(
+        &t,
+        &key,
+        "/api/v1/messages",
+        serde_json::json!({
+            "from": "Alice Example <alice@sender.test>",
+            "to": ["Rcpt <rcpt@remote.test>"],
+            "subject": "Quarterly report: caf\u{e9}",
+            "text": "See the attachment.\n.A line that starts with a dot\n",
+            "html": "<p>See the <b>attachment</b>.</p>",
+            "headers": {"X-Campaign": "q3"},
+            "attachments": [
+                {"filename": "report.pdf", "content_type": "application/pdf", "content_base64": b64(&pdf)},
+                {"filename": "data.csv", "content_type": "text/csv", "content_base64": b64(b"a,b\n1,2\n")}
+            ],
+            "tags": ["reports"]
+        }),
+    )
+    .await;
+    assert_eq!(sent["recipients"][0]["status"], "queued", "{sent}");
+    let got = fake.wait_received(1, 15).await;
+    let text = String::from_utf8_lossy(&got[0].data).to_string();
+    assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+    assert!(text.contains("multipart/mixed"), "{text}");
+    assert!(text.contains("report.pdf"), "{text}");
+    assert_eq!(dkimpy_verify(&got[0].data, &records), [true, true]);
+    let tampered = text.replacen("See the attachment.", "See the attachments", 1);
+    assert_ne!(tampered, text);
+    assert_eq!(dkimpy_verify(tampered.as_bytes(), &records), [false, false]);
+
+    // Sent as it is (raw MIME with bare LF line ends).
+    let mime = mail_builder::MessageBuilder::new()
+        .from(("Alice", "alice@sender.test"))
+        .to("rcpt@remote.test")
+        .subject("Raw through the API")
+        .text_body("Hello.\n")
+        .attachment("application/octet-stream", "blob.bin", vec![0u8, 1, 2, 255])
+        .write_to_string()
+        .unwrap()
+        .replace("\r\n", "\n");
+    api_send(
+        &t,
+        &key,
+        "/api/v1/messages/raw",
+        serde_json::json!({"message": mime}),
+    )
+    .await;
+    let got = fake.wait_received(2, 15).await;
+    assert_eq!(dkimpy_verify(&got[1].data, &records), [true, true]);
 }
 
 #[tokio::test]
