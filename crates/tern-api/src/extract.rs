@@ -66,10 +66,14 @@ impl ApiBody {
                 }
                 let path = e.path().to_string();
                 let text = inner.to_string();
-                let field = if path == "." {
-                    field_of(&text)
-                } else {
-                    Some(path)
+                // serde reports a missing field at the object that lacks
+                // it (`attachments[0]`); the field is that object's member.
+                let field = match (path.as_str(), field_of(&text)) {
+                    (".", named) => named,
+                    (_, Some(name)) if text.starts_with("missing field") => {
+                        Some(format!("{path}.{name}"))
+                    }
+                    _ => Some(path),
                 };
                 Err(ApiError {
                     field,
@@ -90,10 +94,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                let text = e.body_text();
+                let text = clean(&e.body_text());
                 Err(ApiError {
-                    field: field_of(&text),
-                    ..ApiError::bad_request(clean(&text))
+                    field: field_of(&text).or_else(|| param_of(&text)),
+                    ..ApiError::bad_request(text)
                 })
             }
             Err(e) => Err(ApiError::bad_request(e.body_text())),
@@ -124,6 +128,14 @@ fn field_of(text: &str) -> Option<String> {
     let i = text.find("field `")?;
     let rest = &text[i + 7..];
     rest.find('`').map(|j| rest[..j].to_string())
+}
+
+/// A parameter that does not parse leads the message: "limit: invalid
+/// digit found in string".
+fn param_of(text: &str) -> Option<String> {
+    let (name, _) = text.split_once(": ")?;
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    plain.then(|| name.to_string())
 }
 
 fn clean(text: &str) -> String {

@@ -151,7 +151,7 @@ pub async fn send_message(
     for (field, list) in [("to", &req.to), ("cc", &req.cc), ("bcc", &req.bcc)] {
         for (i, r) in list.iter().enumerate() {
             let (n, a) = mailbox(&format!("{field}[{i}]"), r)?;
-            envelope_rcpts.push(a.clone());
+            push_recipient(&mut envelope_rcpts, a.clone());
             shown.entry(field).or_default().push((n, a));
         }
     }
@@ -267,6 +267,18 @@ pub async fn send_raw(
     let req: RawRequest = body.json()?;
     let body = crlf("message", &req.message)?;
     check_size(&ctx, body.len(), "message")?;
+    // SMTP refuses longer lines (RFC 5321 4.5.3.1.6), so no relay could
+    // take them either.
+    let max_line = ctx.config.limits.max_text_line;
+    if body
+        .split_inclusive(|b| *b == b'\n')
+        .any(|line| line.len() > max_line)
+    {
+        return Err(ApiError::invalid(
+            "message",
+            format!("A line is longer than {max_line} octets with its CRLF"),
+        ));
+    }
     let parsed = mail_parser::MessageParser::new()
         .parse_headers(&body)
         .filter(|m| !m.headers().is_empty())
@@ -302,15 +314,16 @@ pub async fn send_raw(
         {
             for a in list.iter() {
                 if let Some(addr) = a.address() {
-                    rcpts.push(Address::parse(addr).map_err(|e| {
+                    let a = Address::parse(addr).map_err(|e| {
                         ApiError::invalid("message", format!("recipient {addr}: {e}"))
-                    })?);
+                    })?;
+                    push_recipient(&mut rcpts, a);
                 }
             }
         }
     } else {
         for (i, r) in req.to.iter().enumerate() {
-            rcpts.push(mailbox(&format!("to[{i}]"), r)?.1);
+            push_recipient(&mut rcpts, mailbox(&format!("to[{i}]"), r)?.1);
         }
     }
     check_recipient_count(&ctx, rcpts.len(), "to")?;
@@ -431,6 +444,16 @@ async fn refusal(ctx: &Ctx, r: Refusal, field: &str, from: &Address) -> ApiError
         }
         Refusal::BadFrom(text) => ApiError::invalid(field, text),
         Refusal::Temporary(text) => ApiError::unavailable(text),
+    }
+}
+
+/// Adds an envelope recipient unless the address is already there (in
+/// any case, as suppressions and local mailboxes see it): an address in
+/// both To and Bcc gets one copy, not two.
+fn push_recipient(list: &mut Vec<Address>, address: Address) {
+    let key = address.to_string().to_lowercase();
+    if !list.iter().any(|a| a.to_string().to_lowercase() == key) {
+        list.push(address);
     }
 }
 
