@@ -205,7 +205,8 @@ pub struct StatsParams {
     /// Start: Unix seconds or RFC 3339; default: one day (hour) or 30 days
     /// (day) before `until`.
     pub since: Option<String>,
-    /// End: Unix seconds or RFC 3339; default: now.
+    /// End (exclusive): Unix seconds or RFC 3339; default: now, with the
+    /// events of the current second.
     pub until: Option<String>,
     /// `hour` (default) or `day`.
     pub interval: Option<String>,
@@ -243,7 +244,9 @@ pub async fn stats(
     };
     let until = match &p.until {
         Some(t) => parse_time("until", t)?,
-        None => tern_core::unix_now(),
+        // The end is exclusive: one past now, or what happened in the
+        // current second would not count.
+        None => tern_core::unix_now() + 1,
     };
     let since = match &p.since {
         Some(t) => parse_time("since", t)?,
