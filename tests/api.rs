@@ -1967,4 +1967,15 @@ async fn search_and_operational_endpoints() {
         let r = api.request(Method::GET, path, Some(&read), None).await;
         assert_error(&r, 404, "not_found", None, path);
     }
+    // A method an endpoint does not take: 405 in the same error shape.
+    let r = api
+        .request(Method::DELETE, "/api/v1/messages", Some(&read), None)
+        .await;
+    assert_error(
+        &r,
+        405,
+        "method_not_allowed",
+        None,
+        "DELETE /api/v1/messages",
+    );
 }

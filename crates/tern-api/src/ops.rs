@@ -157,3 +157,12 @@ pub async fn healthz(State(ctx): State<Ctx>) -> (StatusCode, Json<Health>) {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint; see /api/v1/openapi.json")
 }
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "This endpoint does not take this method; see /api/v1/openapi.json".into(),
+        field: None,
+    }
+}
