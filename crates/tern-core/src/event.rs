@@ -62,7 +62,7 @@ fn is_enhanced(word: &str) -> bool {
 }
 
 /// The remote host a reply came from: delivery replies end in
-/// `(host[address]:port)`.
+/// `(host[address])`.
 pub fn reply_host(reply: &str) -> Option<&str> {
     let reply = reply.trim_end();
     let inner = reply.strip_suffix(')')?;
