@@ -15,8 +15,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable word for programs: `bad_request`, `invalid_field`,
-    /// `unauthorized`, `forbidden`, `not_found`, `too_large`,
-    /// `unsupported_media_type`, `unavailable`.
+    /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`,
+    /// `too_large`, `unsupported_media_type`, `unavailable`.
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
