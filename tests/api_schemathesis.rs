@@ -216,7 +216,9 @@ async fn the_api_keeps_to_its_openapi_document() {
 
     // The seeded values, offered to the generator half of the time (the
     // other half are its own); without them nearly every path parameter
-    // names nothing and every sender address is malformed.
+    // names nothing and every sender address is malformed. Webhook URLs
+    // are always these loopback ones: the server POSTs events to every
+    // webhook created, and a generated host name would be looked up.
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(
         &config,
@@ -226,7 +228,7 @@ async fn the_api_keeps_to_its_openapi_document() {
 ids = {{ values = ["{message_id}", "{raw_id}", "{hook_id}"] }}
 addresses = {{ values = ["gone@remote.test", "bob@remote.test", "alice@example.test", "Bob <bob@remote.test>"] }}
 senders = {{ values = ["ann@example.test", "Ann Example <ann@example.test>"] }}
-urls = {{ values = ["http://127.0.0.1:1/tern-events", "https://hooks.example.test/tern"] }}
+urls = {{ values = ["http://127.0.0.1:1/tern-events", "http://127.0.0.2:1/tern"] }}
 kinds = {{ values = ["delivered", "bounced", "deferred", "*"] }}
 
 [parameters]
@@ -235,7 +237,7 @@ kinds = {{ values = ["delivered", "bounced", "deferred", "*"] }}
 "body.from" = {{ dictionary = "senders", probability = 0.5 }}
 "body.to[*]" = {{ dictionary = "addresses", probability = 0.5 }}
 "body.address" = {{ dictionary = "addresses", probability = 0.5 }}
-"body.url" = {{ dictionary = "urls", probability = 0.5 }}
+"body.url" = {{ dictionary = "urls", probability = 1.0 }}
 "body.events[*]" = {{ dictionary = "kinds", probability = 0.5 }}
 "#
         ),
@@ -317,5 +319,11 @@ kinds = {{ values = ["delivered", "bounced", "deferred", "*"] }}
     assert!(output.contains("passed"), "{output}");
     let (status, health) = api.call(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(status, 200, "{health}");
+    // No webhook the run created points off this machine.
+    let hooks = api.get("/api/v1/webhooks").await;
+    for h in hooks["webhooks"].as_array().unwrap() {
+        let url = h["url"].as_str().unwrap();
+        assert!(url.starts_with("http://127.0.0."), "{url}");
+    }
     node.terminate();
 }
