@@ -144,6 +144,7 @@ impl Server {
                     store: store.clone(),
                     queue: queue.clone(),
                     submit: submitter.clone(),
+                    directory: directory.clone(),
                 });
                 let tls = config
                     .api

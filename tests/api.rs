@@ -1592,8 +1592,20 @@ async fn queue_list_retry_and_delete() {
         )
         .await;
     assert_error(&r, 404, "not_found", None, "retry after delete");
+    // Out of the queue, but its history stays: the recipient is failed
+    // and its timeline ends with `deleted`.
     let r = api.get(&format!("/api/v1/messages/{id}"), &admin).await;
-    assert_error(&r, 404, "not_found", None, "a deleted message");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rcpt = &r.json["recipients"][0];
+    assert_eq!(rcpt["status"], "failed", "{}", r.text);
+    assert_eq!(rcpt["detail"], "deleted from the queue", "{}", r.text);
+    let kinds: Vec<&str> = rcpt["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"deleted"), "{}", r.text);
     assert_eq!(t.queued().await, 0);
 
     let unknown = tern_core::MessageId::generate().to_string();
@@ -1678,8 +1690,9 @@ async fn suppressed_recipients_are_never_sent_to() {
     assert_eq!(
         sent["recipients"],
         json!([
+            // A local recipient is named by its mailbox, as delivered.
             {"address": "alice@example.test", "status": "queued"},
-            {"address": "Bob@example.test", "status": "suppressed"},
+            {"address": "bob@example.test", "status": "suppressed"},
         ])
     );
     let id = sent["id"].as_str().unwrap();
@@ -1700,7 +1713,7 @@ async fn suppressed_recipients_are_never_sent_to() {
         statuses,
         [
             ("alice@example.test", "delivered"),
-            ("Bob@example.test", "suppressed")
+            ("bob@example.test", "suppressed")
         ]
     );
     assert!(t.mailbox(DOMAIN, "bob").is_empty());
@@ -1978,4 +1991,41 @@ async fn search_and_operational_endpoints() {
         None,
         "DELETE /api/v1/messages",
     );
+}
+
+/// Recipients in local domains are checked as SMTP's RCPT checks them: an
+/// unknown mailbox is refused (nothing is queued, no mailbox is made) and
+/// an alias becomes its targets.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_recipients_are_checked_like_rcpt() {
+    let t = TestServer::start_with(|c| {
+        c.aliases
+            .insert("team@example.test".into(), vec!["bob@example.test".into()]);
+    })
+    .await;
+    add_users(&t, &["bob"]).await;
+    let api = Api::new(&t);
+    let send = t.api_key("app", "send").await;
+    let body =
+        |to: &str| json!({"from": "alice@example.test", "to": [to], "subject": "s", "text": "x"});
+    let r = api
+        .post("/api/v1/messages", &send, &body("nosuchuser@example.test"))
+        .await;
+    assert_error(
+        &r,
+        422,
+        "invalid_field",
+        Some("to"),
+        "unknown local mailbox",
+    );
+    assert!(r.text.contains("nosuchuser@example.test"), "{}", r.text);
+    assert!(!t.maildir(DOMAIN, "nosuchuser").exists());
+    assert_eq!(t.queued().await, 0);
+
+    let sent = api.send(&send, &body("team@example.test")).await;
+    assert_eq!(
+        sent["recipients"],
+        json!([{"address": "bob@example.test", "status": "queued"}])
+    );
+    t.wait_mailbox(DOMAIN, "bob", 1).await;
 }

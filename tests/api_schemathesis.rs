@@ -105,6 +105,13 @@ async fn the_api_keeps_to_its_openapi_document() {
     // remote mail only defers (the node's DNS points nowhere).
     let mut node = Node::with_config(dir.path(), "[senders]\ndomains = [\"*\"]\n");
     node.start().await;
+    // The local recipient the seeded sends use must exist, as for SMTP.
+    let out = node.tern(&["user", "add", "alice"], Some("pw\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = node.tern(
         &[

@@ -313,6 +313,7 @@ pub async fn webhooks_deliveries(
 pub struct PageParams {
     pub cursor: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

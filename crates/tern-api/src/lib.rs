@@ -34,6 +34,8 @@ pub struct ApiContext {
     pub store: Arc<dyn Store>,
     pub queue: Queue,
     pub submit: Arc<Submitter>,
+    /// Local mailboxes and aliases, for recipients in local domains.
+    pub directory: tern_delivery::Directory,
 }
 
 pub type Ctx = Arc<ApiContext>;

@@ -26,6 +26,7 @@ pub struct SearchParams {
     /// A part of the subject (any case).
     pub subject: Option<String>,
     /// A recipient status: queued, deferred, delivered, failed, suppressed.
+    #[param(pattern = "^(queued|deferred|delivered|failed|suppressed)$")]
     pub status: Option<String>,
     pub tag: Option<String>,
     /// Accepted at or after: Unix seconds or RFC 3339.
@@ -35,6 +36,7 @@ pub struct SearchParams {
     /// From a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// 1 to 100; default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -209,6 +211,7 @@ pub struct StatsParams {
     /// events of the current second.
     pub until: Option<String>,
     /// `hour` (default) or `day`.
+    #[param(pattern = "^(hour|day)$")]
     pub interval: Option<String>,
 }
 

@@ -16,6 +16,7 @@ use mail_builder::MessageBuilder;
 use serde::Deserialize;
 use tern_auth::keys::Scope;
 use tern_core::{Address, Envelope, MessageId};
+use tern_delivery::Resolution;
 use tern_smtp::headers::TraceInfo;
 use tern_smtp::submit::Refusal;
 use tern_store::{ApiKeyRecord, MessageInfo};
@@ -365,6 +366,7 @@ async fn queue(
     body: &[u8],
     info: MessageInfo,
 ) -> ApiResult<(StatusCode, Json<Sent>)> {
+    let envelope = resolve_local(ctx, envelope).await?;
     let protocol = if ctx.config.api.tls { "HTTPS" } else { "HTTP" };
     let single = (envelope.recipients.len() == 1).then(|| envelope.recipients[0].to_string());
     let trace = TraceInfo {
@@ -450,6 +452,33 @@ async fn refusal(ctx: &Ctx, r: Refusal, field: &str, from: &Address) -> ApiError
 /// Adds an envelope recipient unless the address is already there (in
 /// any case, as suppressions and local mailboxes see it): an address in
 /// both To and Bcc gets one copy, not two.
+/// Recipients in this server's own domains, as SMTP's RCPT sees them: an
+/// unknown mailbox is refused (SMTP says 550 5.1.1), an alias becomes its
+/// targets.
+async fn resolve_local(ctx: &Ctx, envelope: Envelope) -> ApiResult<Envelope> {
+    let mut recipients = Vec::with_capacity(envelope.recipients.len());
+    for rcpt in envelope.recipients {
+        match ctx.directory.resolve(&rcpt).await? {
+            Resolution::Remote => push_recipient(&mut recipients, rcpt),
+            Resolution::Local(targets) => {
+                for t in targets {
+                    push_recipient(&mut recipients, t);
+                }
+            }
+            Resolution::Unknown => {
+                return Err(ApiError::invalid(
+                    "to",
+                    format!("{rcpt}: no such mailbox here"),
+                ))
+            }
+        }
+    }
+    Ok(Envelope {
+        sender: envelope.sender,
+        recipients,
+    })
+}
+
 fn push_recipient(list: &mut Vec<Address>, address: Address) {
     let key = address.to_string().to_lowercase();
     if !list.iter().any(|a| a.to_string().to_lowercase() == key) {

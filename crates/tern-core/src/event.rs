@@ -67,7 +67,9 @@ pub fn reply_host(reply: &str) -> Option<&str> {
     let reply = reply.trim_end();
     let inner = reply.strip_suffix(')')?;
     let start = inner.rfind('(')?;
-    Some(&inner[start + 1..]).filter(|h| !h.is_empty() && !h.contains(' '))
+    // `name[address]`: a local delivery's `(file name)` is no host.
+    Some(&inner[start + 1..])
+        .filter(|h| !h.contains(' ') && !h.starts_with('[') && h.ends_with(']') && h.contains('['))
 }
 
 #[cfg(test)]
@@ -90,9 +92,13 @@ mod tests {
     #[test]
     fn hosts() {
         assert_eq!(
-            reply_host("250 2.0.0 Ok (mx.example.net[127.0.0.2]:25)"),
-            Some("mx.example.net[127.0.0.2]:25")
+            reply_host("250 2.0.0 Ok (mx.example.net[127.0.0.2])"),
+            Some("mx.example.net[127.0.0.2]")
         );
         assert_eq!(reply_host("250 ok"), None);
+        assert_eq!(
+            reply_host("250 2.0.0 delivered to maildir (1795984413.M6P3Q0R5.mx.test,S=781)"),
+            None
+        );
     }
 }

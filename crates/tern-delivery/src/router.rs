@@ -28,9 +28,14 @@ impl Router {
 
     async fn deliver_local(&self, job: &Job, rcpt: &Address) -> Attempt {
         match self.maildir.deliver(&job.sender, rcpt, &job.body).await {
+            // The file's name, not its path: replies reach API readers
+            // and webhook receivers, who have no business with the
+            // server's directories.
             Ok(path) => Attempt::Delivered(format!(
                 "250 2.0.0 delivered to maildir ({})",
-                path.display()
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             )),
             Err(crate::maildir::MaildirError::BadName(name)) => {
                 Attempt::Permanent(format!("550 5.1.3 mailbox name {name:?} is not usable"))

@@ -83,7 +83,10 @@ pub trait Store: ApiStore + Send + Sync + 'static {
     async fn list_messages(&self, limit: usize) -> Result<Vec<QueuedMessage>>;
     async fn get_message(&self, id: MessageId) -> Result<Option<QueuedMessage>>;
     async fn message_events(&self, id: MessageId) -> Result<Vec<EventRecord>>;
-    /// Removes a message and its body; false when it did not exist.
+    /// Takes a message out of the queue: its pending recipients become
+    /// failed ("deleted from the queue", a `deleted` event each, no
+    /// bounce) and its body goes; its history stays. False when it had no
+    /// pending recipient.
     async fn delete_message(&self, id: MessageId) -> Result<bool>;
     /// Makes pending recipients due now (one message, or all); returns how many.
     async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64>;

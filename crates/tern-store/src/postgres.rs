@@ -441,27 +441,38 @@ impl Store for PgStore {
     }
 
     async fn delete_message(&self, id: MessageId) -> Result<bool> {
+        const DELETED: &str = "deleted from the queue";
+        let now = tern_core::unix_now();
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM messages WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        if deleted {
+        let rows = sqlx::query(
+            "UPDATE recipients SET status = 'failed', detail = $1, leased_until = NULL, leased_by = NULL
+             WHERE message_id = $2 AND status IN ('queued', 'deferred') RETURNING address",
+        )
+        .bind(DELETED)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let address: String = r.get("address");
             insert_event(
                 &mut tx,
                 &id.to_string(),
-                None,
+                Some(&address),
                 "deleted",
+                Some(DELETED),
                 None,
-                None,
-                tern_core::unix_now(),
+                now,
             )
             .await?;
         }
+        if !rows.is_empty() {
+            sqlx::query("DELETE FROM bodies WHERE message_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(deleted)
+        Ok(!rows.is_empty())
     }
 
     async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64> {

@@ -20,6 +20,9 @@ use crate::spool::Spool;
 use crate::types::*;
 use crate::{Result, Store, StoreError};
 
+/// The reason a recipient deleted from the queue shows.
+const DELETED: &str = "deleted from the queue";
+
 /// Most commits taken into one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -503,22 +506,35 @@ impl Store for SqliteStore {
     }
 
     async fn delete_message(&self, id: MessageId) -> Result<bool> {
+        let now = tern_core::unix_now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let deleted = sqlx::query("DELETE FROM messages WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        if deleted {
-            let now = tern_core::unix_now();
-            insert_event(&mut tx, &id.to_string(), None, "deleted", None, None, now).await?;
+        let rows = sqlx::query(
+            "UPDATE recipients SET status = 'failed', detail = ?, leased_until = NULL
+             WHERE message_id = ? AND status IN ('queued', 'deferred') RETURNING address",
+        )
+        .bind(DELETED)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let address: String = r.get("address");
+            insert_event(
+                &mut tx,
+                &id.to_string(),
+                Some(&address),
+                "deleted",
+                Some(DELETED),
+                None,
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
-        if deleted {
-            self.spool.remove(id);
+        if rows.is_empty() {
+            return Ok(false);
         }
-        Ok(deleted)
+        self.spool.remove(id);
+        Ok(true)
     }
 
     async fn retry_now(&self, id: Option<MessageId>, now: i64) -> Result<u64> {
