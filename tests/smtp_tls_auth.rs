@@ -194,7 +194,8 @@ async fn a_user_can_be_limited_to_its_own_sender_domains() {
     // user's.
     let r = c.cmd("MAIL FROM:<alice@example.test>", "553 5.7.1").await;
     assert!(
-        r.text().contains("example.test is not a sender domain of alice"),
+        r.text()
+            .contains("example.test is not a sender domain of alice"),
         "{:?}",
         r.lines
     );
