@@ -14,7 +14,7 @@ use std::time::Duration;
 use tern_core::{Address, Envelope, MessageId, RetryPolicy};
 use tern_delivery::{Attempt, Body, Job, Transport};
 use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::dsn::{build_dsn, Report, ReportedRecipient};
@@ -44,15 +44,57 @@ pub struct Scheduler {
     /// Recipients claimed by this node whose attempt has not ended: the
     /// leases the renewer keeps alive.
     inflight: Mutex<BTreeSet<(MessageId, u32)>>,
+    /// Results on their way to the store: the recorder writes all that
+    /// are waiting in one transaction, as the group commit does for
+    /// acceptance, instead of one transaction per message.
+    results: mpsc::Sender<Results>,
+    recorder: Mutex<Option<mpsc::Receiver<Results>>>,
+}
+
+/// One job's results, and who to tell once they are written.
+type Results = (Vec<RecipientResult>, oneshot::Sender<()>);
+
+/// Most results written in one transaction.
+const RESULT_BATCH: usize = 256;
+
+/// Writes results in batches until every sender is gone. The store may be
+/// away for a moment (a database restart): a batch is tried a few times.
+/// If it stays away the leases run out and the attempts are made again: at
+/// least once, never lost.
+async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Results>) {
+    let mut batch = Vec::with_capacity(RESULT_BATCH);
+    while rx.recv_many(&mut batch, RESULT_BATCH).await > 0 {
+        let results: Vec<RecipientResult> = batch
+            .iter()
+            .flat_map(|(r, _): &Results| r.iter().cloned())
+            .collect();
+        let mut wait = Duration::from_millis(500);
+        for _ in 0..6 {
+            match store.record_results(&results).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(results = results.len(), error = %e, "cannot record delivery results; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        for (_, done) in batch.drain(..) {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl Scheduler {
     pub fn new(queue: Queue, transport: Arc<dyn Transport>, config: SchedulerConfig) -> Scheduler {
+        let (results, rx) = mpsc::channel(4096);
         Scheduler {
             queue,
             transport,
             config,
             inflight: Mutex::new(BTreeSet::new()),
+            results,
+            recorder: Mutex::new(Some(rx)),
         }
     }
 
@@ -63,6 +105,9 @@ impl Scheduler {
         let wake = this.queue.wake_handle();
         let mut running = JoinSet::new();
         let renewer = tokio::spawn(renew_leases(this.clone()));
+        if let Some(rx) = this.recorder.lock().expect("not poisoned").take() {
+            tokio::spawn(recorder(this.store().clone(), rx));
+        }
         loop {
             if *shutdown.borrow() {
                 break;
@@ -276,19 +321,11 @@ impl Scheduler {
                 }
             }
         }
-        // The store may be away for a moment (a database restart): try a
-        // few times. If it stays away the lease runs out and the attempt is
-        // made again: at least once, never lost.
-        let mut wait = Duration::from_millis(500);
-        for _ in 0..6 {
-            match self.store().record_results(&results).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::error!(id = %first.message_id, error = %e, "cannot record delivery results; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-            }
+        // Written with other jobs' results; the attempt ends (and its lease
+        // stops being renewed) once they are.
+        let (done, written) = oneshot::channel();
+        if self.results.send((results, done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 
