@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.store.backend {
         Backend::Sqlite => Arc::new(
-            SqliteStore::open(&config.data_dir)
+            SqliteStore::open_with(&config.data_dir, config.store.inline_body_max as usize)
                 .await
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         ),

@@ -276,7 +276,8 @@ async fn control_characters_in_commands_are_refused() {
 
 #[tokio::test]
 async fn storage_failure_answers_451_and_leaves_nothing() {
-    let t = TestServer::start().await;
+    // Every body in the spool, where the failure is made.
+    let t = TestServer::start_with(|c| c.store.inline_body_max = 0).await;
     // Replace the spool directory with a file: every body write now fails.
     let spool = t.dir.path().join("spool");
     std::fs::remove_dir_all(&spool).unwrap();

@@ -282,6 +282,11 @@ pub struct StoreConfig {
     /// This node's name among the nodes sharing a database; it owns the
     /// node's leases, so it must be unique and stable. Default: hostname.
     pub node_id: Option<String>,
+    /// Embedded store: bodies up to this many octets are kept in the
+    /// database and made durable by its one commit fsync; larger ones are
+    /// spool files (one fsync each, plus one of the spool directory).
+    /// 0 keeps every body in the spool.
+    pub inline_body_max: u64,
 }
 
 impl Default for StoreConfig {
@@ -290,6 +295,7 @@ impl Default for StoreConfig {
             backend: Backend::Sqlite,
             url: None,
             node_id: None,
+            inline_body_max: 64 * 1024,
         }
     }
 }

@@ -30,8 +30,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 struct Commit {
     msg: NewMessage,
+    /// The body goes into the `bodies` table, not the spool.
+    inline: bool,
     done: oneshot::Sender<Result<()>>,
 }
+
+/// Bodies up to this size are kept in the database by default.
+pub const DEFAULT_INLINE_MAX: usize = 64 * 1024;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -45,12 +50,20 @@ pub struct SqliteStore {
     /// Bodies of final messages, removed once their final state is on disk.
     to_release: Arc<Mutex<Vec<MessageId>>>,
     writer: mpsc::Sender<Commit>,
+    /// Largest body kept in the database instead of the spool.
+    inline_max: usize,
 }
 
 impl SqliteStore {
     /// Opens (creating when missing) the store under `data_dir` and brings
     /// the schema up to date.
     pub async fn open(data_dir: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(data_dir, DEFAULT_INLINE_MAX).await
+    }
+
+    /// As `open`, keeping bodies of up to `inline_max` octets in the
+    /// database (0: every body in the spool).
+    pub async fn open_with(data_dir: &Path, inline_max: usize) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir)?;
         let spool = Spool::open(data_dir.join("spool"))?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
@@ -86,6 +99,7 @@ impl SqliteStore {
             spool,
             to_release,
             writer: tx,
+            inline_max,
         })
     }
 
@@ -176,10 +190,12 @@ async fn releaser(pool: SqlitePool, spool: Spool, pending: std::sync::Weak<Mutex
 }
 
 async fn commit_batch(pool: &SqlitePool, spool: &Spool, batch: &[Commit]) -> Result<()> {
-    let s = spool.clone();
-    tokio::task::spawn_blocking(move || s.sync_dir())
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    if batch.iter().any(|c| !c.inline) {
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || s.sync_dir())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for c in batch {
         let m = &c.msg;
@@ -198,6 +214,15 @@ async fn commit_batch(pool: &SqlitePool, spool: &Spool, batch: &[Commit]) -> Res
         .bind(m.info.metadata_json())
         .execute(&mut *tx)
         .await?;
+        // Suppressed recipients are final at once: with no other, the body
+        // is never read.
+        if c.inline && m.suppressed.len() < m.envelope.recipients.len() {
+            sqlx::query("INSERT INTO bodies (message_id, data) VALUES (?, ?)")
+                .bind(&id)
+                .bind(&m.body)
+                .execute(&mut *tx)
+                .await?;
+        }
         for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
             let address = rcpt.to_string();
             let suppressed = m
@@ -264,16 +289,27 @@ async fn insert_event(
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit_message(&self, msg: NewMessage) -> Result<()> {
-        let spool = self.spool.clone();
         let id = msg.id;
         let nothing_to_send = msg.suppressed.len() >= msg.envelope.recipients.len();
-        // The body goes to disk first (its own fsync, in parallel with other
-        // sessions'); the row that makes it a message comes in the batch.
-        let msg = tokio::task::spawn_blocking(move || spool.write(id, &msg.body).map(|_| msg))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let inline = msg.body.len() <= self.inline_max;
+        let msg = if inline {
+            msg
+        } else {
+            // A large body goes to the spool first (its own fsync, in
+            // parallel with other sessions'); the row that makes it a
+            // message comes in the batch.
+            let spool = self.spool.clone();
+            tokio::task::spawn_blocking(move || spool.write(id, &msg.body).map(|_| msg))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??
+        };
         let (done, wait) = oneshot::channel();
-        if self.writer.send(Commit { msg, done }).await.is_err() {
+        if self
+            .writer
+            .send(Commit { msg, inline, done })
+            .await
+            .is_err()
+        {
             self.spool.remove(id);
             return Err(StoreError::Closed);
         }
@@ -444,6 +480,12 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
             if pending == 0 {
+                // An inline body goes in this transaction: it and the final
+                // state survive a power loss together or not at all.
+                sqlx::query("DELETE FROM bodies WHERE message_id = ?")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 finished.push(id);
             }
         }
@@ -529,6 +571,12 @@ impl Store for SqliteStore {
             )
             .await?;
         }
+        if !rows.is_empty() {
+            sqlx::query("DELETE FROM bodies WHERE message_id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         if rows.is_empty() {
             return Ok(false);
@@ -553,6 +601,24 @@ impl Store for SqliteStore {
     }
 
     async fn body_chunk(&self, id: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
+        let offset = index as i64 * crate::BODY_CHUNK as i64;
+        let row = sqlx::query(
+            "SELECT length(data) AS n, substr(data, ?, ?) AS piece FROM bodies WHERE message_id = ?",
+        )
+        .bind(offset + 1)
+        .bind(crate::BODY_CHUNK as i64)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            let n: i64 = row.get("n");
+            if offset >= n && index > 0 {
+                return Ok(None);
+            }
+            return Ok(Some(
+                row.get::<Option<Vec<u8>>, _>("piece").unwrap_or_default(),
+            ));
+        }
         let spool = self.spool.clone();
         Ok(
             tokio::task::spawn_blocking(move || spool.read_chunk(id, index))
@@ -562,6 +628,14 @@ impl Store for SqliteStore {
     }
 
     async fn body_size(&self, id: MessageId) -> Result<Option<u64>> {
+        let inline: Option<i64> =
+            sqlx::query_scalar("SELECT length(data) FROM bodies WHERE message_id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(n) = inline {
+            return Ok(Some(n as u64));
+        }
         match std::fs::metadata(self.spool.path(id)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -606,7 +680,13 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let pending: std::collections::HashSet<String> = pending.into_iter().collect();
-        let mut removed = 0;
+        let mut removed = sqlx::query(
+            "DELETE FROM bodies WHERE message_id NOT IN
+             (SELECT message_id FROM recipients WHERE status IN ('queued', 'deferred'))",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected() as usize;
         for id in self.spool.list()? {
             if !pending.contains(&id.to_string()) {
                 self.spool.remove(id);

@@ -887,3 +887,59 @@ async fn prune_keeps_pending_work(store: Arc<dyn Store>) {
     assert!(store.get_message(fresh_id).await.unwrap().is_some());
     assert_eq!(store.message_events(fresh_id).await.unwrap().len(), 1);
 }
+
+/// Small bodies live in the database (one fsync with their rows), large
+/// ones in the spool; both read back the same, and both go once the
+/// message is final.
+#[tokio::test]
+async fn sqlite_keeps_small_bodies_inline_and_large_ones_spooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_with(dir.path(), 1024).await.unwrap();
+    let spool_files = || std::fs::read_dir(dir.path().join("spool")).unwrap().count();
+    let small = message(&["a@x.test"], 100);
+    let mut large = message(&["b@x.test"], 100);
+    large.body = vec![b'x'; 5000];
+    let (small_id, large_id) = (small.id, large.id);
+    let small_body = small.body.clone();
+    store.commit_message(small).await.unwrap();
+    store.commit_message(large).await.unwrap();
+    assert_eq!(spool_files(), 1, "only the large body is a file");
+    assert_eq!(store.read_body(small_id).await.unwrap(), small_body);
+    assert_eq!(store.read_body(large_id).await.unwrap(), vec![b'x'; 5000]);
+    assert_eq!(
+        store.body_size(small_id).await.unwrap(),
+        Some(small_body.len() as u64)
+    );
+    assert_eq!(store.body_chunk(small_id, 1).await.unwrap(), None);
+
+    store
+        .claim_due(100, 200, &RetryPolicy::default(), 10)
+        .await
+        .unwrap();
+    let done = |id, address: &str| RecipientResult {
+        message_id: id,
+        idx: 0,
+        address: address.into(),
+        outcome: Outcome::Delivered {
+            reply: "250 ok".into(),
+        },
+        at: 101,
+        warned: false,
+    };
+    store
+        .record_results(&[done(small_id, "a@x.test"), done(large_id, "b@x.test")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.body_size(small_id).await.unwrap(),
+        None,
+        "gone with the final state"
+    );
+    for _ in 0..40 {
+        if spool_files() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(spool_files(), 0);
+}
