@@ -65,3 +65,34 @@ async fn bench_through_tern_to_the_sink() {
     let out = String::from_utf8_lossy(&done.stdout);
     assert!(out.contains("received 300 messages"), "{out}");
 }
+
+/// `--rate` paces the load: 20 messages at 40 a second cannot all be sent
+/// before half a second has gone by (message n starts at n/40 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_rate_paces_the_load() {
+    let t = TestServer::start().await;
+    let server = t.smtp().to_string();
+    let started = std::time::Instant::now();
+    let bench = tokio::process::Command::new(BIN)
+        .args(["bench", "--server", &server, "--quiet"])
+        .args(["--messages", "20", "--connections", "4", "--rate", "40"])
+        .args(["--from", "x@remote.test", "--to", "alice@example.test"])
+        .output()
+        .await
+        .unwrap();
+    let report = text(&bench);
+    assert!(bench.status.success(), "{report}");
+    assert!(report.contains("accepted 20"), "{report}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(19 * 1000 / 40),
+        "20 messages at 40/s were sent in {:?}",
+        started.elapsed()
+    );
+    let bad = tokio::process::Command::new(BIN)
+        .args(["bench", "--server", &server, "--rate", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("--rate"), "{}", text(&bad));
+}

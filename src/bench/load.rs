@@ -49,6 +49,11 @@ pub struct LoadArgs {
     /// Recipients per message (user+1@..., user+2@... after the first).
     #[arg(long, default_value_t = 1)]
     pub rcpts: usize,
+    /// Send at most this many messages a second in all: message n is not
+    /// started before n/RATE seconds into the run. For latency at a set
+    /// load (e.g. half the maximum) instead of as fast as possible.
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub rate: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -160,6 +165,7 @@ async fn worker(
     args: Arc<LoadArgs>,
     next: Arc<AtomicUsize>,
     bar: ProgressBar,
+    epoch: Instant,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut conn = match open(server, &args).await {
@@ -189,6 +195,10 @@ async fn worker(
         }
         let mut body = make_message(n, args.size, &args.from, &args.to);
         body.extend_from_slice(b".\r\n");
+        if let Some(rate) = args.rate {
+            let due = epoch + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let start = Instant::now();
         let r: anyhow::Result<Option<u16>> = async {
             conn.send(envelope.as_bytes()).await?;
@@ -233,6 +243,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.messages == 0 || args.rcpts == 0 {
         bail!("--messages, --connections and --rcpts must be at least 1");
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of messages a second");
+    }
     let args = Arc::new(args);
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -247,7 +260,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let workers: Vec<_> = (0..args.connections)
         .map(|i| {
             let server = args.server[i % args.server.len()];
-            tokio::spawn(worker(server, args.clone(), next.clone(), bar.clone()))
+            tokio::spawn(worker(
+                server,
+                args.clone(),
+                next.clone(),
+                bar.clone(),
+                started,
+            ))
         })
         .collect();
     let mut stats = Stats::default();
