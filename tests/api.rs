@@ -2029,3 +2029,42 @@ async fn local_recipients_are_checked_like_rcpt() {
     );
     t.wait_mailbox(DOMAIN, "bob", 1).await;
 }
+
+/// `[api] tls = true`: HTTPS with the server's certificate (here the one
+/// it generated), and nothing in plain HTTP; the trace header says HTTPS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_over_https() {
+    tern_smtp::tls::install_crypto_provider();
+    let t = TestServer::start_with(|c| c.api.tls = true).await;
+    add_users(&t, &["bob"]).await;
+    let key = t.api_key("app", "send").await;
+    let addr = t.server().api.unwrap();
+    let cert = std::fs::read(t.cert_pem()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://localhost:{}/api/v1/messages", addr.port()))
+        .bearer_auth(&key)
+        .json(
+            &json!({"from": "alice@example.test", "to": ["bob@example.test"],
+                      "subject": "over TLS", "text": "x"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let raw = t.wait_mailbox(DOMAIN, "bob", 1).await.remove(0);
+    assert!(String::from_utf8_lossy(&raw).contains("with HTTPS id"));
+    // Plain HTTP to the TLS port gets no API answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP must not be served on the TLS port"
+    );
+}
