@@ -200,15 +200,30 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
         Some(path) => literal_domain(text, &path).map_err(|()| bad_address())?,
         None => None,
     };
-    let mut wire = Vec::with_capacity(text.len() + LITERAL_STANDIN.len() + 2);
+    // SIZE is read here (parse_size); smtp_proto's reading of a value too
+    // large for u64 saturates and wraps around, refusing some such values
+    // with 501 and accepting others, so it is shown "0" instead.
+    let shown: Cow<'_, str> = match params.iter().find(|(key, _)| key == "SIZE") {
+        Some((_, Some(value)))
+            if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            // `value` is a slice of `text`, after the path.
+            let start = value.as_ptr() as usize - text.as_ptr() as usize;
+            let mut masked = text.to_string();
+            masked.replace_range(start..start + value.len(), "0");
+            Cow::Owned(masked)
+        }
+        _ => Cow::Borrowed(text),
+    };
+    let mut wire = Vec::with_capacity(shown.len() + LITERAL_STANDIN.len() + 2);
     match (path, literal) {
         (Some(path), Some(_)) => {
             let at = path.last_at.unwrap_or_default();
-            wire.extend_from_slice(&text.as_bytes()[..=at]);
+            wire.extend_from_slice(&shown.as_bytes()[..=at]);
             wire.extend_from_slice(LITERAL_STANDIN.as_bytes());
-            wire.extend_from_slice(&text.as_bytes()[path.close..]);
+            wire.extend_from_slice(&shown.as_bytes()[path.close..]);
         }
-        _ => wire.extend_from_slice(text.as_bytes()),
+        _ => wire.extend_from_slice(shown.as_bytes()),
     }
     wire.extend_from_slice(b"\r\n");
 

@@ -302,6 +302,18 @@ fn size_is_exact_and_saturates() {
         mail_params("MAIL FROM:<> SIZE=99999999999999999999999999").size,
         Some(u64::MAX)
     );
+    // ... and refuses these with 501 when it is left to read them.
+    for digits in [
+        "18446744073709551615",
+        "18446744073709551616",
+        "100000000000000000000",
+    ] {
+        assert_eq!(
+            mail_params(&format!("MAIL FROM:<a@b.c> SIZE={digits} BODY=8BITMIME")).size,
+            Some(u64::MAX),
+            "{digits}"
+        );
+    }
     for line in [
         "MAIL FROM:<> SIZE=",
         "MAIL FROM:<> SIZE",
