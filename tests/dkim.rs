@@ -269,6 +269,15 @@ async fn sending_as_a_domain_the_user_may_not_use_is_refused() {
     c.send(b"From: ceo@bank.test\r\nFrom: alice@sender.test\r\nSubject: x\r\n\r\nx\r\n.\r\n")
         .await;
     c.expect("553 5.7.1 More than one From").await;
+    // A line with an empty field name before a second From: Tern's own
+    // header reader sees no field there, mail-parser sees a From. Counted
+    // by both, it is two.
+    c.cmd("MAIL FROM:<alice@sender.test>", "250").await;
+    c.cmd("RCPT TO:<rcpt@remote.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"From: ceo@bank.test\r\n:From: alice@sender.test\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+        .await;
+    c.expect("553 5.7.1").await;
     // Local domains are allowed by default, and mail is unsigned when the
     // domain has no key.
     let r = c

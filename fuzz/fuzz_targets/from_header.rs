@@ -1,17 +1,19 @@
-//! The sender identity check on submitted mail: Tern counts the `From:`
-//! fields itself (`count_header`) and reads their domains with
-//! mail-parser (`from_domains`); a message passes when it has at most one
-//! `From:` field and every domain read is one the user may send as.
+//! The sender identity check on submitted mail: `From:` fields are counted
+//! by Tern's own header reader (`count_header`) and by mail-parser
+//! (`from_fields`), the larger count wins, and the domains checked are
+//! those of every `From:` field mail-parser sees; a message passes when it
+//! has at most one `From:` field and every domain is one the user may send
+//! as.
 //!
 //! Checked, for messages as DATA delivers them (CRLF line ends, no NUL):
-//! whenever Tern counts at most one `From:` field, every address in every
-//! `From:` field mail-parser sees is in a domain `from_domains` returned,
-//! so no `From:` address escapes the check.
+//! whenever the check counts at most one `From:` field, every address in
+//! every `From:` field mail-parser sees is in a domain that was checked, so
+//! no `From:` address escapes the check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
-use tern_auth::dkim::from_domains;
+use tern_auth::dkim::from_fields;
 use tern_fuzz::crlf_clean;
 use tern_smtp::headers::count_header;
 
@@ -19,10 +21,10 @@ fuzz_target!(|data: &[u8]| {
     if !crlf_clean(data) {
         return;
     }
-    if count_header(data, "from") > 1 {
+    let (parsed_count, checked) = from_fields(data);
+    if count_header(data, "from").max(parsed_count) > 1 {
         return; // refused
     }
-    let checked = from_domains(data);
     let Some(parsed) = MessageParser::new().parse_headers(data) else {
         return;
     };

@@ -285,6 +285,32 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
     from_domains(message).into_iter().next()
 }
 
+/// How many From fields mail-parser (the reader behind signing and the
+/// sender check) finds, and the domains of the addresses in all of them,
+/// lowercased. A header that one reader counts differently from another is
+/// how a second identity is smuggled past a check.
+pub fn from_fields(message: &[u8]) -> (usize, Vec<String>) {
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return (0, Vec::new());
+    };
+    let mut count = 0;
+    let mut domains = Vec::new();
+    for h in parsed.headers() {
+        if h.name != mail_parser::HeaderName::From {
+            continue;
+        }
+        count += 1;
+        if let Some(list) = h.value.as_address() {
+            domains.extend(
+                list.iter()
+                    .filter_map(|a| a.address())
+                    .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())),
+            );
+        }
+    }
+    (count, domains)
+}
+
 /// The domains of every From address, lowercased.
 pub fn from_domains(message: &[u8]) -> Vec<String> {
     let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {

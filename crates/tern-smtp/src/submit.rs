@@ -61,8 +61,9 @@ impl Submitter {
     /// 3.6; a second one could carry another identity past this check),
     /// and every address in it in a domain the user may send as.
     pub async fn check_from_header(&self, who: Sender<'_>, body: &[u8]) -> Result<(), Refusal> {
-        let fields = headers::count_header(body, "from");
-        let domains = tern_auth::dkim::from_domains(body);
+        // Counted by both readers: the strictest count wins.
+        let (parsed, domains) = tern_auth::dkim::from_fields(body);
+        let fields = headers::count_header(body, "from").max(parsed);
         if fields > 1 {
             return Err(Refusal::BadFrom("More than one From: header field".into()));
         }
