@@ -344,6 +344,10 @@ checks = false
 [limits]
 max_connections_per_ip = 1000
 
+# Postfix serves no HTTP; the API's port may be taken on a shared machine.
+[api]
+enabled = false
+
 [delivery]
 relay = "127.0.0.1:$sink_port"
 tls = "none"
