@@ -87,6 +87,15 @@ pub struct Authenticator {
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3fu5PjLMqA4UQx3NlVbJfQNh8l4H3jAVp2hbZK5U0A8";
 
+/// The password checks that may run at once.
+fn hash_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n)
+    })
+}
+
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Authenticator { store }
@@ -99,6 +108,10 @@ impl Authenticator {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
         let password = password.to_string();
+        // argon2id uses 19 MiB for each check: as many at once as there are
+        // cores, so a crowd of clients authenticating together waits its
+        // turn instead of taking a 19 MiB block each.
+        let _turn = hash_slots().acquire().await.expect("never closed");
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
