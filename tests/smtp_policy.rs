@@ -477,3 +477,22 @@ async fn refusals_are_recorded_as_rejected_events() {
         .unwrap();
     assert!(hits.is_empty(), "a refusal queues nothing: {hits:?}");
 }
+
+/// A client that keeps getting errors is cut off: after 20 refused
+/// commands the server says 421 and closes, so a session cannot be used
+/// to probe addresses or commands without end.
+#[tokio::test]
+async fn twenty_errors_close_the_connection() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<x@remote.test>", "250").await;
+    for i in 0..19 {
+        c.cmd(&format!("RCPT TO:<nobody{i}@example.test>"), "550")
+            .await;
+    }
+    c.send(b"RCPT TO:<nobody19@example.test>\r\n").await;
+    c.expect("550").await;
+    c.expect("421 4.7.0").await;
+    assert!(c.closed().await, "the connection is closed after 421");
+}

@@ -304,7 +304,7 @@ impl Session {
                         self.command_deadline =
                             tokio::time::Instant::now() + self.ctx.config.limits.command_timeout.0;
                         self.end_of_data(reader.error()).await;
-                        (Flow::Continue, Some(bytes[consumed..].to_vec()))
+                        (self.error_flow(), Some(bytes[consumed..].to_vec()))
                     }
                 }
             }
@@ -320,7 +320,7 @@ impl Session {
                 self.command_deadline =
                     tokio::time::Instant::now() + self.ctx.config.limits.command_timeout.0;
                 self.end_of_chunk(last).await;
-                (Flow::Continue, Some(bytes[take..].to_vec()))
+                (self.error_flow(), Some(bytes[take..].to_vec()))
             }
             State::Command | State::Auth(_) => {
                 self.input.push(bytes);
@@ -390,7 +390,17 @@ impl Session {
                 "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
             )),
         }
-        Flow::Continue
+        self.error_flow()
+    }
+
+    /// Close once `error` has said 421 (the handlers reply and return
+    /// nothing; the count decides).
+    fn error_flow(&self) -> Flow {
+        if self.errors >= MAX_ERRORS {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Replies with an error and counts it; too many and the client is cut off.
