@@ -21,58 +21,60 @@ use crate::Ctx;
 pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let m = &METRICS;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+        (
+            "tern_messages_accepted_total",
+            "Messages accepted into the queue.",
+            &m.messages_accepted,
+        ),
+        (
+            "tern_recipients_delivered_total",
+            "Recipients delivered.",
+            &m.recipients_delivered,
+        ),
+        (
+            "tern_recipients_deferred_total",
+            "Delivery attempts that failed temporarily.",
+            &m.recipients_deferred,
+        ),
+        (
+            "tern_recipients_bounced_total",
+            "Recipients that failed permanently.",
+            &m.recipients_bounced,
+        ),
+        (
+            "tern_recipients_expired_total",
+            "Recipients given up after the retry period.",
+            &m.recipients_expired,
+        ),
+        (
+            "tern_recipients_suppressed_total",
+            "Recipients not sent to: on the suppression list.",
+            &m.recipients_suppressed,
+        ),
+        (
+            "tern_smtp_sessions_total",
+            "SMTP sessions opened.",
+            &m.smtp_sessions_total,
+        ),
+        (
+            "tern_webhooks_delivered_total",
+            "Webhook deliveries that got a 2xx.",
+            &m.webhooks_delivered,
+        ),
+        (
+            "tern_webhooks_failed_attempts_total",
+            "Webhook attempts that failed.",
+            &m.webhooks_failed_attempts,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let value = value.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "tern_messages_accepted_total",
-        "Messages accepted into the queue.",
-        load(&m.messages_accepted),
-    );
-    counter(
-        "tern_recipients_delivered_total",
-        "Recipients delivered.",
-        load(&m.recipients_delivered),
-    );
-    counter(
-        "tern_recipients_deferred_total",
-        "Delivery attempts that failed temporarily.",
-        load(&m.recipients_deferred),
-    );
-    counter(
-        "tern_recipients_bounced_total",
-        "Recipients that failed permanently.",
-        load(&m.recipients_bounced),
-    );
-    counter(
-        "tern_recipients_expired_total",
-        "Recipients given up after the retry period.",
-        load(&m.recipients_expired),
-    );
-    counter(
-        "tern_recipients_suppressed_total",
-        "Recipients not sent to: on the suppression list.",
-        load(&m.recipients_suppressed),
-    );
-    counter(
-        "tern_smtp_sessions_total",
-        "SMTP sessions opened.",
-        load(&m.smtp_sessions_total),
-    );
-    counter(
-        "tern_webhooks_delivered_total",
-        "Webhook deliveries that got a 2xx.",
-        load(&m.webhooks_delivered),
-    );
-    counter(
-        "tern_webhooks_failed_attempts_total",
-        "Webhook attempts that failed.",
-        load(&m.webhooks_failed_attempts),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP tern_smtp_sessions_active SMTP sessions open now.\n# TYPE tern_smtp_sessions_active gauge\ntern_smtp_sessions_active {}",
