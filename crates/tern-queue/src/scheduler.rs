@@ -186,15 +186,18 @@ impl Scheduler {
     /// read by the transport piece by piece, never whole.
     async fn attempt(&self, due: Vec<DueRecipient>) {
         let first = &due[0];
-        if let Some(reason) = self.damage(&due).await {
-            // Like Postfix's corrupt queue: set aside with a log line, and
-            // go on delivering everything else.
-            tracing::error!(id = %first.message_id, %reason, "message damaged; quarantined");
-            if let Err(e) = self.store().quarantine(first.message_id, &reason).await {
-                tracing::error!(id = %first.message_id, error = %e, "cannot quarantine");
+        let body = match self.body(&due).await {
+            Ok(body) => body,
+            Err(reason) => {
+                // Like Postfix's corrupt queue: set aside with a log line,
+                // and go on delivering everything else.
+                tracing::error!(id = %first.message_id, %reason, "message damaged; quarantined");
+                if let Err(e) = self.store().quarantine(first.message_id, &reason).await {
+                    tracing::error!(id = %first.message_id, error = %e, "cannot quarantine");
+                }
+                return;
             }
-            return;
-        }
+        };
         let recipients: Vec<Address> = due
             .iter()
             .filter_map(|d| Address::parse(&d.address).ok())
@@ -202,11 +205,7 @@ impl Scheduler {
         let job = Job {
             id: first.message_id,
             sender: first.sender.clone(),
-            body: Body::Stored {
-                store: self.store().clone(),
-                id: first.message_id,
-                size: first.size,
-            },
+            body,
             recipients,
         };
         let attempts = self.transport.deliver(&job).await;
@@ -219,22 +218,31 @@ impl Scheduler {
         self.record(&due, results).await;
     }
 
-    /// Why a message cannot be delivered as stored, if it cannot: a body
-    /// that is gone or not the size it was when accepted, or a recipient
-    /// address that no longer parses. `None` also when the store cannot be
-    /// asked right now (that is retried, not quarantined).
-    async fn damage(&self, due: &[DueRecipient]) -> Option<String> {
+    /// The body to deliver, or why the message cannot be delivered as
+    /// stored: a body that is gone or not the size it was when accepted, or
+    /// a recipient address that no longer parses. A body that fits one
+    /// piece (nearly all) is read here, once, and kept for the attempt; a
+    /// larger one is read piece by piece as it is sent, never whole. When
+    /// the store cannot be asked right now, the transport reads it itself
+    /// (and a failure there is retried, not quarantined).
+    async fn body(&self, due: &[DueRecipient]) -> Result<Body, String> {
         let first = &due[0];
         if let Some(d) = due.iter().find(|d| Address::parse(&d.address).is_err()) {
-            return Some(format!("recipient address {:?} is not valid", d.address));
+            return Err(format!("recipient address {:?} is not valid", d.address));
         }
-        match self.store().body_size(first.message_id).await {
-            Ok(None) => Some("the message body is missing".into()),
-            Ok(Some(n)) if n != first.size => Some(format!(
+        let stored = Body::Stored {
+            store: self.store().clone(),
+            id: first.message_id,
+            size: first.size,
+        };
+        match self.store().body_head(first.message_id).await {
+            Ok(None) => Err("the message body is missing".into()),
+            Ok(Some((n, _))) if n != first.size => Err(format!(
                 "the message body is {n} octets, {} when accepted",
                 first.size
             )),
-            _ => None,
+            Ok(Some((n, head))) if head.len() as u64 == n => Ok(Body::Memory(Arc::new(head))),
+            _ => Ok(stored),
         }
     }
 

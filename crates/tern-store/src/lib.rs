@@ -102,6 +102,16 @@ pub trait Store: ApiStore + Send + Sync + 'static {
     /// size recorded at commit, it tells a truncated body.
     async fn body_size(&self, id: MessageId) -> Result<Option<u64>>;
 
+    /// The stored size of a body and its first piece, `None` when it is
+    /// gone. Most bodies fit one piece, so delivery reads them with this
+    /// one call instead of a size check and a read per pass over the body.
+    async fn body_head(&self, id: MessageId) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(size) = self.body_size(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.body_chunk(id, 0).await?.map(|piece| (size, piece)))
+    }
+
     /// Sets a damaged message aside: its pending recipients become failed
     /// with `reason` (no bounce), and what is left of its body is kept for
     /// inspection (the embedded backend moves it to `quarantine/`).

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 use tern_core::{DeliveryStatus, MessageId, QueuedMessage, RecipientState, RetryPolicy};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +27,9 @@ const DELETED: &str = "deleted from the queue";
 const MAX_BATCH: usize = 512;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The in-process queue for SQLite's write lock (see `SqliteStore::gate`).
+type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
 struct Commit {
     msg: NewMessage,
@@ -50,6 +53,13 @@ pub struct SqliteStore {
     /// Bodies of final messages, removed once their final state is on disk.
     to_release: Arc<Mutex<Vec<MessageId>>>,
     writer: mpsc::Sender<Commit>,
+    /// Taken around every hot write transaction of this process. SQLite has
+    /// one writer at a time, and a connection that finds the lock taken
+    /// polls for it with sleeps of up to 100 ms (its busy handler): under
+    /// load, the group commit's back-to-back transactions then starved the
+    /// delivery bookkeeping, and nothing was delivered while mail was being
+    /// accepted. Waiting here instead is first come, first served.
+    gate: WriteGate,
     /// Largest body kept in the database instead of the spool.
     inline_max: usize,
 }
@@ -86,11 +96,13 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(pool.clone(), spool.clone(), rx));
+        let gate = WriteGate::default();
+        tokio::spawn(writer(pool.clone(), spool.clone(), gate.clone(), rx));
         let to_release = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(releaser(
             pool.clone(),
             spool.clone(),
+            gate.clone(),
             Arc::downgrade(&to_release),
         ));
         Ok(SqliteStore {
@@ -99,6 +111,7 @@ impl SqliteStore {
             spool,
             to_release,
             writer: tx,
+            gate,
             inline_max,
         })
     }
@@ -140,10 +153,10 @@ impl SqliteStore {
 /// The group-commit loop: takes every commit waiting, makes all their bodies'
 /// names durable with one directory fsync, inserts all rows in one
 /// transaction, then answers each caller.
-async fn writer(pool: SqlitePool, spool: Spool, mut rx: mpsc::Receiver<Commit>) {
+async fn writer(pool: SqlitePool, spool: Spool, gate: WriteGate, mut rx: mpsc::Receiver<Commit>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = commit_batch(&pool, &spool, &batch).await;
+        let result = commit_batch(&pool, &spool, &gate, &batch).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, messages = batch.len(), "commit failed");
         }
@@ -167,7 +180,12 @@ async fn writer(pool: SqlitePool, spool: Spool, mut rx: mpsc::Receiver<Commit>) 
 /// Every half second, makes the final states recorded since durable with
 /// one fsync'd commit (a WAL commit covers every frame before it), then
 /// removes those messages' bodies: one fsync for many deliveries.
-async fn releaser(pool: SqlitePool, spool: Spool, pending: std::sync::Weak<Mutex<Vec<MessageId>>>) {
+async fn releaser(
+    pool: SqlitePool,
+    spool: Spool,
+    gate: WriteGate,
+    pending: std::sync::Weak<Mutex<Vec<MessageId>>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -177,6 +195,7 @@ async fn releaser(pool: SqlitePool, spool: Spool, pending: std::sync::Weak<Mutex
         let ids = std::mem::take(&mut *pending.lock().expect("not poisoned"));
         let Some(first) = ids.first() else { continue };
         // A real write, so that the commit has a frame to fsync.
+        let _turn = gate.lock().await;
         let durable = sqlx::query("UPDATE messages SET size = size WHERE id = ?")
             .bind(first.to_string())
             .execute(&pool)
@@ -189,100 +208,168 @@ async fn releaser(pool: SqlitePool, spool: Spool, pending: std::sync::Weak<Mutex
     }
 }
 
-async fn commit_batch(pool: &SqlitePool, spool: &Spool, batch: &[Commit]) -> Result<()> {
+async fn commit_batch(
+    pool: &SqlitePool,
+    spool: &Spool,
+    gate: &WriteGate,
+    batch: &[Commit],
+) -> Result<()> {
     if batch.iter().any(|c| !c.inline) {
         let s = spool.clone();
         tokio::task::spawn_blocking(move || s.sync_dir())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
     }
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for c in batch {
+    // Every row of the batch is built first, and written with a few
+    // multi-row statements: the write lock is held for a few round trips
+    // to SQLite's thread per batch, not four per message.
+    let ids: Vec<String> = batch.iter().map(|c| c.msg.id.to_string()).collect();
+    let mut recipients = Vec::new();
+    for (c, id) in batch.iter().zip(&ids) {
         let m = &c.msg;
-        let id = m.id.to_string();
-        sqlx::query(
-            "INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(m.envelope.sender_string())
-        .bind(m.created_at)
-        .bind(m.body.len() as i64)
-        .bind(&m.auth_user)
-        .bind(&m.info.subject)
-        .bind(m.info.tags_json())
-        .bind(m.info.metadata_json())
-        .execute(&mut *tx)
-        .await?;
-        // Suppressed recipients are final at once: with no other, the body
-        // is never read.
-        if c.inline && m.suppressed.len() < m.envelope.recipients.len() {
-            sqlx::query("INSERT INTO bodies (message_id, data) VALUES (?, ?)")
-                .bind(&id)
-                .bind(&m.body)
-                .execute(&mut *tx)
-                .await?;
-        }
         for (idx, rcpt) in m.envelope.recipients.iter().enumerate() {
-            let address = rcpt.to_string();
             let suppressed = m
                 .suppressed
                 .iter()
                 .find(|(i, _)| *i == idx)
                 .map(|(_, reason)| reason.as_str());
-            sqlx::query(
-                "INSERT INTO recipients (message_id, idx, address, domain, status, detail, attempts, next_attempt)
-                 VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-            )
-            .bind(&id)
-            .bind(idx as i64)
-            .bind(&address)
-            .bind(rcpt.domain())
-            .bind(if suppressed.is_some() { "suppressed" } else { "queued" })
-            .bind(suppressed)
-            .bind(m.created_at)
-            .execute(&mut *tx)
-            .await?;
-            let (kind, detail) = match suppressed {
-                Some(reason) => ("suppressed", Some(reason)),
-                None => ("accepted", None),
-            };
-            insert_event(
-                &mut tx,
-                &id,
-                Some(&address),
-                kind,
-                detail,
-                None,
-                m.created_at,
-            )
-            .await?;
+            recipients.push(NewRecipient {
+                id,
+                idx: idx as i64,
+                address: rcpt.to_string(),
+                domain: rcpt.domain(),
+                suppressed,
+                at: m.created_at,
+            });
         }
     }
+    let events: Vec<EventRow<'_>> = recipients
+        .iter()
+        .map(|r| EventRow {
+            message_id: r.id,
+            recipient: Some(&r.address),
+            kind: if r.suppressed.is_some() {
+                "suppressed"
+            } else {
+                "accepted"
+            },
+            detail: r.suppressed,
+            data: None,
+            at: r.at,
+        })
+        .collect();
+    // Suppressed recipients are final at once: with no other, the body is
+    // never read, so it is not kept.
+    let bodies: Vec<(&str, &[u8])> = batch
+        .iter()
+        .zip(&ids)
+        .filter(|(c, _)| c.inline && c.msg.suppressed.len() < c.msg.envelope.recipients.len())
+        .map(|(c, id)| (id.as_str(), c.msg.body.as_slice()))
+        .collect();
+
+    let _turn = gate.lock().await;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let messages: Vec<(&Commit, &String)> = batch.iter().zip(&ids).collect();
+    for part in messages.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata) ",
+        );
+        q.push_values(part, |mut b, (c, id)| {
+            let m = &c.msg;
+            b.push_bind(id.as_str())
+                .push_bind(m.envelope.sender_string())
+                .push_bind(m.created_at)
+                .push_bind(m.body.len() as i64)
+                .push_bind(m.auth_user.as_deref())
+                .push_bind(m.info.subject.as_deref())
+                .push_bind(m.info.tags_json())
+                .push_bind(m.info.metadata_json());
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    for part in bodies.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO bodies (message_id, data) ");
+        q.push_values(part, |mut b, (id, data)| {
+            b.push_bind(*id).push_bind(*data);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    for part in recipients.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO recipients (message_id, idx, address, domain, status, detail, attempts, next_attempt) ",
+        );
+        q.push_values(part, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.idx)
+                .push_bind(r.address.as_str())
+                .push_bind(r.domain)
+                .push_bind(if r.suppressed.is_some() {
+                    "suppressed"
+                } else {
+                    "queued"
+                })
+                .push_bind(r.suppressed)
+                .push("0")
+                .push_bind(r.at);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    insert_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn insert_event(
-    tx: &mut sqlx::SqliteConnection,
-    message_id: &str,
-    recipient: Option<&str>,
-    kind: &str,
-    detail: Option<&str>,
-    data: Option<&str>,
+/// Rows per multi-row statement: SQLite takes up to 32766 bound values
+/// per statement, and 100 rows of at most 8 stay well below.
+const ROWS: usize = 100;
+
+/// A recipient row of a batch being committed.
+struct NewRecipient<'a> {
+    id: &'a str,
+    idx: i64,
+    address: String,
+    domain: &'a str,
+    /// The suppression list's reason, when the address is on it.
+    suppressed: Option<&'a str>,
     at: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (message_id, recipient, kind, detail, data, at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(message_id)
-    .bind(recipient)
-    .bind(kind)
-    .bind(detail)
-    .bind(data)
-    .bind(at)
-    .execute(tx)
-    .await?;
+}
+
+/// A delivery result on its way into `recipients` and `events`.
+struct ResultRow<'a> {
+    id: String,
+    result: &'a RecipientResult,
+    next: i64,
+    status: DeliveryStatus,
+    kind: &'static str,
+    data: Option<String>,
+}
+
+/// One row of `events`.
+struct EventRow<'a> {
+    message_id: &'a str,
+    recipient: Option<&'a str>,
+    kind: &'a str,
+    detail: Option<&'a str>,
+    data: Option<&'a str>,
+    at: i64,
+}
+
+/// Inserts events with as few statements as the bound-value limit allows.
+async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[EventRow<'_>]) -> Result<()> {
+    for part in events.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (message_id, recipient, kind, detail, data, at) ",
+        );
+        q.push_values(part, |mut b, e| {
+            b.push_bind(e.message_id)
+                .push_bind(e.recipient)
+                .push_bind(e.kind)
+                .push_bind(e.detail)
+                .push_bind(e.data)
+                .push_bind(e.at);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
@@ -329,6 +416,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DueRecipient>> {
         // IMMEDIATE takes SQLite's write lock first, so two processes never
         // both claim the same rows.
+        let _turn = self.gate.lock().await;
         let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
@@ -347,7 +435,7 @@ impl Store for SqliteStore {
             let Ok(message_id) = r.get::<String, _>("message_id").parse::<MessageId>() else {
                 continue;
             };
-            let d = DueRecipient {
+            due.push(DueRecipient {
                 message_id,
                 idx: r.get::<i64, _>("idx") as u32,
                 address: r.get("address"),
@@ -357,19 +445,27 @@ impl Store for SqliteStore {
                 attempts: r.get::<i64, _>("attempts") as u32,
                 warned: r.get::<i64, _>("warned") != 0,
                 size: r.get::<i64, _>("size") as u64,
-            };
-            let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
-            sqlx::query(
-                "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, leased_until = ?
-                 WHERE message_id = ? AND idx = ?",
+            });
+        }
+        // One UPDATE for the whole claim (UPDATE FROM a VALUES list).
+        let claims: Vec<(String, i64, i64)> = due
+            .iter()
+            .map(|d| {
+                let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
+                (d.message_id.to_string(), d.idx as i64, next)
+            })
+            .collect();
+        for part in claims.chunks(ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, nxt) AS (");
+            q.push_values(part, |mut b, (id, idx, next)| {
+                b.push_bind(id.as_str()).push_bind(*idx).push_bind(*next);
+            });
+            q.push(
+                ") UPDATE recipients SET attempts = recipients.attempts + 1, next_attempt = v.nxt, leased_until = ",
             )
-            .bind(next)
-            .bind(lease_until)
-            .bind(message_id.to_string())
-            .bind(d.idx as i64)
-            .execute(&mut *tx)
-            .await?;
-            due.push(d);
+            .push_bind(lease_until)
+            .push(" FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i");
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         due.sort_by_key(|d| (d.message_id, d.idx));
@@ -380,6 +476,7 @@ impl Store for SqliteStore {
         if recipients.is_empty() {
             return Ok(0);
         }
+        let _turn = self.gate.lock().await;
         let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
         let mut n = 0;
         for (id, idx) in recipients {
@@ -420,75 +517,112 @@ impl Store for SqliteStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
+        // A few statements for the whole batch, however many results.
+        let rows: Vec<ResultRow<'_>> = results
+            .iter()
+            .map(|r| {
+                let status = r.outcome.status();
+                let (kind, data) = r.outcome.event();
+                ResultRow {
+                    id: r.message_id.to_string(),
+                    result: r,
+                    next: match &r.outcome {
+                        Outcome::Deferred { retry_at, .. } => *retry_at,
+                        _ => r.at,
+                    },
+                    status,
+                    kind,
+                    data,
+                }
+            })
+            .collect();
+        let _turn = self.gate.lock().await;
         let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
-        for r in results {
-            let id = r.message_id.to_string();
-            let status = r.outcome.status();
-            let next = match &r.outcome {
-                Outcome::Deferred { retry_at, .. } => *retry_at,
-                _ => r.at,
-            };
-            let updated = sqlx::query(
-                "UPDATE recipients SET status = ?, detail = ?, next_attempt = ?, leased_until = NULL,
-                     warned = MAX(warned, ?)
-                 WHERE message_id = ? AND idx = ? AND status IN ('queued', 'deferred')",
-            )
-            .bind(status.kind())
-            .bind(status.detail())
-            .bind(next)
-            .bind(r.warned as i64)
-            .bind(&id)
-            .bind(r.idx as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                continue;
-            }
-            let (kind, data) = r.outcome.event();
-            insert_event(
-                &mut tx,
-                &id,
-                Some(&r.address),
-                kind,
-                status.detail(),
-                data.as_deref(),
-                r.at,
-            )
-            .await?;
-            if r.outcome.suppresses() {
-                sqlx::query(
-                    "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
-                     ON CONFLICT (address) DO NOTHING",
-                )
-                .bind(r.address.to_lowercase())
-                .bind(status.detail())
-                .bind(r.at)
-                .execute(&mut *tx)
-                .await?;
+        let mut updated = std::collections::HashSet::new();
+        for part in rows.chunks(ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, st, det, nxt, w) AS (");
+            q.push_values(part, |mut b, row| {
+                b.push_bind(row.id.as_str())
+                    .push_bind(row.result.idx as i64)
+                    .push_bind(row.status.kind())
+                    .push_bind(row.status.detail())
+                    .push_bind(row.next)
+                    .push_bind(row.result.warned as i64);
+            });
+            // Only a pending recipient takes a result: one deleted from
+            // the queue meanwhile keeps its state and gets no event.
+            q.push(
+                ") UPDATE recipients SET status = v.st, detail = v.det, next_attempt = v.nxt,
+                     leased_until = NULL, warned = MAX(recipients.warned, v.w)
+                 FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i
+                   AND recipients.status IN ('queued', 'deferred')
+                 RETURNING message_id, idx",
+            );
+            for r in q.build().fetch_all(&mut *tx).await? {
+                updated.insert((r.get::<String, _>("message_id"), r.get::<i64, _>("idx")));
             }
         }
-        let mut ids: Vec<MessageId> = results.iter().map(|r| r.message_id).collect();
+        let taken: Vec<&ResultRow<'_>> = rows
+            .iter()
+            .filter(|row| updated.contains(&(row.id.clone(), row.result.idx as i64)))
+            .collect();
+        let events: Vec<EventRow<'_>> = taken
+            .iter()
+            .map(|row| EventRow {
+                message_id: &row.id,
+                recipient: Some(&row.result.address),
+                kind: row.kind,
+                detail: row.status.detail(),
+                data: row.data.as_deref(),
+                at: row.result.at,
+            })
+            .collect();
+        insert_events(&mut tx, &events).await?;
+        for row in taken.iter().filter(|row| row.result.outcome.suppresses()) {
+            sqlx::query(
+                "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
+                 ON CONFLICT (address) DO NOTHING",
+            )
+            .bind(row.result.address.to_lowercase())
+            .bind(row.status.detail())
+            .bind(row.result.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Which of these messages have nothing left to deliver.
+        let mut ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
         ids.sort();
         ids.dedup();
-        let mut finished = Vec::new();
-        for id in ids {
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND status IN ('queued', 'deferred')",
-            )
-            .bind(id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-            if pending == 0 {
-                // An inline body goes in this transaction: it and the final
-                // state survive a power loss together or not at all.
-                sqlx::query("DELETE FROM bodies WHERE message_id = ?")
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                finished.push(id);
+        let mut pending = std::collections::HashSet::new();
+        for part in ids.chunks(ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in part {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&mut *tx).await? {
+                pending.insert(r.get::<String, _>("message_id"));
             }
         }
+        let done: Vec<&str> = ids
+            .into_iter()
+            .filter(|id| !pending.contains(*id))
+            .collect();
+        // An inline body goes in this transaction: it and the final state
+        // survive a power loss together or not at all.
+        for part in done.chunks(ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE message_id IN (");
+            let mut list = q.separated(", ");
+            for id in part {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        let finished: Vec<MessageId> = done.iter().filter_map(|id| id.parse().ok()).collect();
         tx.commit().await?;
         // The rows say "final", but not yet durably (synchronous=NORMAL):
         // the bodies go once a durable commit covers them (`releaser`), so
@@ -558,19 +692,20 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .fetch_all(&mut *tx)
         .await?;
-        for r in &rows {
-            let address: String = r.get("address");
-            insert_event(
-                &mut tx,
-                &id.to_string(),
-                Some(&address),
-                "deleted",
-                Some(DELETED),
-                None,
-                now,
-            )
-            .await?;
-        }
+        let id_text = id.to_string();
+        let addresses: Vec<String> = rows.iter().map(|r| r.get("address")).collect();
+        let events: Vec<EventRow<'_>> = addresses
+            .iter()
+            .map(|a| EventRow {
+                message_id: &id_text,
+                recipient: Some(a),
+                kind: "deleted",
+                detail: Some(DELETED),
+                data: None,
+                at: now,
+            })
+            .collect();
+        insert_events(&mut tx, &events).await?;
         if !rows.is_empty() {
             sqlx::query("DELETE FROM bodies WHERE message_id = ?")
                 .bind(id.to_string())
@@ -627,6 +762,32 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn body_head(&self, id: MessageId) -> Result<Option<(u64, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT length(data) AS n, substr(data, 1, ?) AS piece FROM bodies WHERE message_id = ?",
+        )
+        .bind(crate::BODY_CHUNK as i64)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            let piece = row.get::<Option<Vec<u8>>, _>("piece").unwrap_or_default();
+            return Ok(Some((row.get::<i64, _>("n") as u64, piece)));
+        }
+        let spool = self.spool.clone();
+        let head = tokio::task::spawn_blocking(move || {
+            let n = match std::fs::metadata(spool.path(id)) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(spool.read_chunk(id, 0)?.map(|piece| (n, piece)))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(head)
+    }
+
     async fn body_size(&self, id: MessageId) -> Result<Option<u64>> {
         let inline: Option<i64> =
             sqlx::query_scalar("SELECT length(data) FROM bodies WHERE message_id = ?")
@@ -655,19 +816,20 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .fetch_all(&mut *tx)
         .await?;
-        for r in rows {
-            let address: String = r.get("address");
-            insert_event(
-                &mut tx,
-                &id.to_string(),
-                Some(&address),
-                "quarantined",
-                Some(reason),
-                None,
-                now,
-            )
-            .await?;
-        }
+        let id_text = id.to_string();
+        let addresses: Vec<String> = rows.iter().map(|r| r.get("address")).collect();
+        let events: Vec<EventRow<'_>> = addresses
+            .iter()
+            .map(|a| EventRow {
+                message_id: &id_text,
+                recipient: Some(a),
+                kind: "quarantined",
+                detail: Some(reason),
+                data: None,
+                at: now,
+            })
+            .collect();
+        insert_events(&mut tx, &events).await?;
         tx.commit().await?;
         self.spool.set_aside(id)?;
         Ok(())
