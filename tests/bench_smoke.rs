@@ -96,3 +96,25 @@ async fn bench_rate_paces_the_load() {
     assert!(!bad.status.success());
     assert!(text(&bad).contains("--rate"), "{}", text(&bad));
 }
+
+/// `tern bench idle` opens connections, holds them, checks each still
+/// answers, and reads the server's memory from `/proc` (the server runs in
+/// this test process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_idle_holds_connections_and_reads_memory() {
+    let t = TestServer::start().await;
+    let server = t.smtp().to_string();
+    let pid = std::process::id().to_string();
+    let idle = tokio::process::Command::new(BIN)
+        .args(["bench", "idle", "--server", &server, "--pid", &pid])
+        .args(["--connections", "50", "--hold", "1", "--tls", "starttls"])
+        .output()
+        .await
+        .unwrap();
+    let report = text(&idle);
+    assert!(idle.status.success(), "{report}");
+    assert!(report.contains("opened 50 of 50 connections"), "{report}");
+    assert!(report.contains("50 of 50 answered NOOP"), "{report}");
+    assert!(report.contains("with 50 idle connections"), "{report}");
+    assert!(report.contains("errors: none"), "{report}");
+}

@@ -62,7 +62,7 @@ pub struct LoadArgs {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-struct Conn {
+pub(super) struct Conn {
     io: BufReader<Box<dyn Stream>>,
     line: String,
 }
@@ -96,7 +96,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn cmd(&mut self, line: &str, want: u16) -> anyhow::Result<()> {
+    pub(super) async fn cmd(&mut self, line: &str, want: u16) -> anyhow::Result<()> {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         let (code, text) = self.reply().await?;
         if code != want {
@@ -106,14 +106,20 @@ impl Conn {
     }
 }
 
-async fn open(server: SocketAddr, args: &LoadArgs) -> anyhow::Result<Conn> {
+/// Connects, reads the greeting, says EHLO, and does STARTTLS or implicit
+/// TLS and AUTH PLAIN (`USER:PASS`) when asked.
+pub(super) async fn open(
+    server: SocketAddr,
+    tls: BenchTls,
+    auth: Option<&str>,
+) -> anyhow::Result<Conn> {
     let tcp = TcpStream::connect(server)
         .await
         .with_context(|| format!("connect {server}"))?;
     tcp.set_nodelay(true)?;
     let connector = tern_delivery::remote::tls::connector();
     let name = tern_delivery::remote::tls::server_name(&server.ip().to_string());
-    let stream: Box<dyn Stream> = match args.tls {
+    let stream: Box<dyn Stream> = match tls {
         BenchTls::Implicit => Box::new(connector.connect(name.clone(), tcp).await?),
         _ => Box::new(tcp),
     };
@@ -126,7 +132,7 @@ async fn open(server: SocketAddr, args: &LoadArgs) -> anyhow::Result<Conn> {
         bail!("greeting: {text}");
     }
     c.cmd("EHLO bench.tern.test", 250).await?;
-    if args.tls == BenchTls::Starttls {
+    if tls == BenchTls::Starttls {
         c.cmd("STARTTLS", 220).await?;
         let tcp = c.io.into_inner();
         let tls = connector.connect(name, tcp).await?;
@@ -136,7 +142,7 @@ async fn open(server: SocketAddr, args: &LoadArgs) -> anyhow::Result<Conn> {
         };
         c.cmd("EHLO bench.tern.test", 250).await?;
     }
-    if let Some(auth) = &args.auth {
+    if let Some(auth) = auth {
         let (u, p) = auth.split_once(':').context("--auth takes USER:PASS")?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"));
         c.cmd(&format!("AUTH PLAIN {token}"), 235).await?;
@@ -168,7 +174,7 @@ async fn worker(
     epoch: Instant,
 ) -> Stats {
     let mut stats = Stats::default();
-    let mut conn = match open(server, &args).await {
+    let mut conn = match open(server, args.tls, args.auth.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             stats.error(format!("session: {e:#}"));

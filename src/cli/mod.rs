@@ -66,6 +66,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // pipe closes, as Unix tools do, not panic on the write.
         // SAFETY: restoring the default disposition of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    } else {
+        raise_fd_limit();
     }
     match cli.command {
         Command::Serve => {
@@ -96,6 +98,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging();
+    // Connections, the listeners, the database and the spool each take a
+    // descriptor; warn when the limit cannot hold `max_connections`.
+    let wanted = config.limits.max_connections as u64 + 100;
+    if let Some(have) = fd_limit().filter(|&have| have < wanted) {
+        tracing::warn!(
+            limit = have,
+            max_connections = config.limits.max_connections,
+            "the open-files limit is below max_connections + 100; raise it (ulimit -n, LimitNOFILE=) or connections will be refused"
+        );
+    }
     let server = crate::Server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -106,6 +118,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every
+/// connection is a descriptor, and the usual soft limit (1024 under
+/// systemd and most shells) would cap a server far below
+/// `[limits] max_connections`. The hard limit is the operator's to set
+/// (`LimitNOFILE=`, `ulimit -Hn`).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The soft limit on open files, for the start-up check.
+pub(crate) fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes `lim`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur as u64)
 }
 
 fn init_logging() {
