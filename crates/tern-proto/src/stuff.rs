@@ -16,31 +16,41 @@ impl Stuffer {
         Stuffer::default()
     }
 
-    /// Appends the stuffed form of `chunk` to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+    /// Appends the stuffed form of `chunk` to `out`. Runs of text between
+    /// line ends are copied whole (found with `memchr`): this is the hot
+    /// loop of every delivery.
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + chunk.len() / 64 + 2);
-        for &b in chunk {
+        while let Some(&first) = chunk.first() {
             if self.pending_cr {
                 self.pending_cr = false;
                 // CRLF is one line end; a lone CR becomes one too.
                 out.extend_from_slice(b"\r\n");
                 self.mid_line = false;
-                if b == b'\n' {
+                if first == b'\n' {
+                    chunk = &chunk[1..];
                     continue;
                 }
             }
-            match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.mid_line = false;
-                }
-                _ => {
-                    if !self.mid_line && b == b'.' {
-                        out.push(b'.');
+            if !self.mid_line && first == b'.' {
+                out.push(b'.');
+            }
+            match memchr::memchr2(b'\r', b'\n', chunk) {
+                Some(end) => {
+                    out.extend_from_slice(&chunk[..end]);
+                    if chunk[end] == b'\r' {
+                        self.pending_cr = true;
+                        self.mid_line |= end > 0;
+                    } else {
+                        out.extend_from_slice(b"\r\n");
+                        self.mid_line = false;
                     }
-                    out.push(b);
+                    chunk = &chunk[end + 1..];
+                }
+                None => {
+                    out.extend_from_slice(chunk);
                     self.mid_line = true;
+                    return;
                 }
             }
         }
@@ -120,6 +130,73 @@ mod tests {
             s.push(&body[split..], &mut out);
             s.finish(&mut out);
             assert_eq!(out, whole, "split at {split}");
+        }
+    }
+
+    /// The byte-at-a-time definition the fast `push` must agree with.
+    fn reference(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut mid_line, mut pending_cr) = (false, false);
+        for &b in body {
+            if pending_cr {
+                pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                mid_line = false;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    mid_line = false;
+                }
+                _ => {
+                    if !mid_line && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    mid_line = true;
+                }
+            }
+        }
+        if pending_cr || mid_line {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn agrees_with_the_byte_at_a_time_definition() {
+        // Every string of up to 6 octets over the alphabet that matters.
+        let alphabet = [b'.', b'\r', b'\n', b'x'];
+        let mut bodies = vec![Vec::new()];
+        for _ in 0..6 {
+            let longer: Vec<Vec<u8>> = bodies
+                .iter()
+                .filter(|b| b.len() == bodies.last().map_or(0, |l: &Vec<u8>| l.len()))
+                .flat_map(|b| {
+                    alphabet.iter().map(move |c| {
+                        let mut n = b.clone();
+                        n.push(*c);
+                        n
+                    })
+                })
+                .collect();
+            bodies.extend(longer);
+        }
+        for body in &bodies {
+            assert_eq!(stuffed(body), reference(body), "{body:?}");
+            for split in 0..=body.len() {
+                let mut s = Stuffer::new();
+                let mut out = Vec::new();
+                s.push(&body[..split], &mut out);
+                s.push(&body[split..], &mut out);
+                s.finish(&mut out);
+                assert_eq!(out, reference(body), "{body:?} split at {split}");
+            }
         }
     }
 
