@@ -51,6 +51,9 @@ pub struct Scheduler {
     recorder: Mutex<Option<mpsc::Receiver<Results>>>,
 }
 
+/// A body read with the claim, when the store keeps it small and close.
+type Prefetched = Option<Arc<Vec<u8>>>;
+
 /// One job's results, and who to tell once they are written.
 type Results = (Vec<RecipientResult>, oneshot::Sender<()>);
 
@@ -117,7 +120,7 @@ impl Scheduler {
             if free > 0 {
                 match this.claim(free).await {
                     Ok(jobs) => {
-                        for job in jobs {
+                        for (job, body) in jobs {
                             claimed += 1;
                             let permit = slots.clone().acquire_owned().await.expect("open");
                             let this = this.clone();
@@ -126,7 +129,7 @@ impl Scheduler {
                                     scheduler: this.clone(),
                                     keys: job.iter().map(|d| (d.message_id, d.idx)).collect(),
                                 };
-                                this.attempt(job).await;
+                                this.attempt(job, body).await;
                                 drop(permit);
                             });
                         }
@@ -152,7 +155,12 @@ impl Scheduler {
     /// Claims due recipients and groups them into one job per message and
     /// destination domain: a slow remote never holds back the result of a
     /// local delivery, and each domain's recipients share one transaction.
-    async fn claim(&self, max_jobs: usize) -> tern_store::Result<Vec<Vec<DueRecipient>>> {
+    /// Small bodies kept in the database come with their jobs, read in one
+    /// query.
+    async fn claim(
+        &self,
+        max_jobs: usize,
+    ) -> tern_store::Result<Vec<(Vec<DueRecipient>, Prefetched)>> {
         let now = tern_core::unix_now();
         let lease_until = now + self.config.lease.as_secs() as i64;
         let due = self
@@ -175,7 +183,21 @@ impl Scheduler {
                 .or_default()
                 .push(d);
         }
-        Ok(by_message.into_values().collect())
+        let mut ids: Vec<MessageId> = by_message.keys().map(|(id, _)| *id).collect();
+        ids.dedup();
+        let bodies: BTreeMap<MessageId, Arc<Vec<u8>>> = match self.store().small_bodies(&ids).await
+        {
+            Ok(found) => found.into_iter().map(|(id, b)| (id, Arc::new(b))).collect(),
+            Err(e) => {
+                // Each attempt reads its own body instead.
+                tracing::warn!(error = %e, "cannot read bodies with the claim");
+                BTreeMap::new()
+            }
+        };
+        Ok(by_message
+            .into_iter()
+            .map(|((id, _), job)| (job, bodies.get(&id).cloned()))
+            .collect())
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -184,9 +206,9 @@ impl Scheduler {
 
     /// One attempt at one message for the given recipients. The body is
     /// read by the transport piece by piece, never whole.
-    async fn attempt(&self, due: Vec<DueRecipient>) {
+    async fn attempt(&self, due: Vec<DueRecipient>, prefetched: Prefetched) {
         let first = &due[0];
-        let body = match self.body(&due).await {
+        let body = match self.body(&due, prefetched).await {
             Ok(body) => body,
             Err(reason) => {
                 // Like Postfix's corrupt queue: set aside with a log line,
@@ -225,10 +247,22 @@ impl Scheduler {
     /// larger one is read piece by piece as it is sent, never whole. When
     /// the store cannot be asked right now, the transport reads it itself
     /// (and a failure there is retried, not quarantined).
-    async fn body(&self, due: &[DueRecipient]) -> Result<Body, String> {
+    async fn body(&self, due: &[DueRecipient], prefetched: Prefetched) -> Result<Body, String> {
         let first = &due[0];
         if let Some(d) = due.iter().find(|d| Address::parse(&d.address).is_err()) {
             return Err(format!("recipient address {:?} is not valid", d.address));
+        }
+        let wrong_size = |n: u64| {
+            format!(
+                "the message body is {n} octets, {} when accepted",
+                first.size
+            )
+        };
+        if let Some(body) = prefetched {
+            return match body.len() as u64 {
+                n if n == first.size => Ok(Body::Memory(body)),
+                n => Err(wrong_size(n)),
+            };
         }
         let stored = Body::Stored {
             store: self.store().clone(),
@@ -237,10 +271,7 @@ impl Scheduler {
         };
         match self.store().body_head(first.message_id).await {
             Ok(None) => Err("the message body is missing".into()),
-            Ok(Some((n, _))) if n != first.size => Err(format!(
-                "the message body is {n} octets, {} when accepted",
-                first.size
-            )),
+            Ok(Some((n, _))) if n != first.size => Err(wrong_size(n)),
             Ok(Some((n, head))) if head.len() as u64 == n => Ok(Body::Memory(Arc::new(head))),
             _ => Ok(stored),
         }

@@ -762,6 +762,26 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn small_bodies(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Vec<u8>)>> {
+        let mut found = Vec::new();
+        for part in ids.chunks(ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT message_id, data FROM bodies WHERE message_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in part {
+                list.push_bind(id.to_string());
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await? {
+                if let Ok(id) = r.get::<String, _>("message_id").parse() {
+                    found.push((id, r.get("data")));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn body_head(&self, id: MessageId) -> Result<Option<(u64, Vec<u8>)>> {
         let row = sqlx::query(
             "SELECT length(data) AS n, substr(data, 1, ?) AS piece FROM bodies WHERE message_id = ?",

@@ -283,6 +283,12 @@ async fn large_body_round_trips(store: Arc<dyn Store>) {
         store.get_message(id).await.unwrap().unwrap().size,
         3_500_000
     );
+    // The head is its size and first piece; it is never read whole.
+    let (size, first) = store.body_head(id).await.unwrap().unwrap();
+    assert_eq!(size, 3_500_000);
+    assert_eq!(first, body[..tern_store::BODY_CHUNK]);
+    assert!(store.small_bodies(&[id]).await.unwrap().is_empty());
+    assert_eq!(store.body_head(MessageId::generate()).await.unwrap(), None);
 }
 
 async fn domains_and_keys(store: Arc<dyn Store>) {
@@ -911,6 +917,24 @@ async fn sqlite_keeps_small_bodies_inline_and_large_ones_spooled() {
         Some(small_body.len() as u64)
     );
     assert_eq!(store.body_chunk(small_id, 1).await.unwrap(), None);
+    assert_eq!(
+        store.body_head(small_id).await.unwrap(),
+        Some((small_body.len() as u64, small_body.clone()))
+    );
+    assert_eq!(
+        store.body_head(large_id).await.unwrap(),
+        Some((5000, vec![b'x'; 5000]))
+    );
+    // Read with the claim: the small body only (the large one is read as
+    // it is sent).
+    let unknown = MessageId::generate();
+    assert_eq!(
+        store
+            .small_bodies(&[small_id, large_id, unknown])
+            .await
+            .unwrap(),
+        vec![(small_id, small_body.clone())]
+    );
 
     store
         .claim_due(100, 200, &RetryPolicy::default(), 10)
@@ -935,6 +959,8 @@ async fn sqlite_keeps_small_bodies_inline_and_large_ones_spooled() {
         None,
         "gone with the final state"
     );
+    assert_eq!(store.body_head(small_id).await.unwrap(), None);
+    assert!(store.small_bodies(&[small_id]).await.unwrap().is_empty());
     for _ in 0..40 {
         if spool_files() == 0 {
             break;
