@@ -14,7 +14,7 @@ use std::time::Duration;
 use tern_core::{Address, Envelope, MessageId, RetryPolicy};
 use tern_delivery::{Attempt, Body, Job, Transport};
 use tern_store::{DueRecipient, Outcome, RecipientResult, Store};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::dsn::{build_dsn, Report, ReportedRecipient};
@@ -54,11 +54,15 @@ pub struct Scheduler {
 /// A body read with the claim, when the store keeps it small and close.
 type Prefetched = Option<Arc<Vec<u8>>>;
 
-/// One job's results, and who to tell once they are written.
-type Results = (Vec<RecipientResult>, oneshot::Sender<()>);
+/// One job's results, and its claim: dropped once they are written, so the
+/// leases are renewed until then.
+type Results = (Vec<RecipientResult>, InFlight);
 
 /// Most results written in one transaction.
 const RESULT_BATCH: usize = 256;
+
+/// How long a small batch of results waits for more.
+const RESULT_WINDOW: Duration = Duration::from_millis(2);
 
 /// Writes results in batches until every sender is gone. The store may be
 /// away for a moment (a database restart): a batch is tried a few times.
@@ -67,6 +71,18 @@ const RESULT_BATCH: usize = 256;
 async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Results>) {
     let mut batch = Vec::with_capacity(RESULT_BATCH);
     while rx.recv_many(&mut batch, RESULT_BATCH).await > 0 {
+        // A moment for the results of attempts finishing together to
+        // join this batch: one transaction for many, as with acceptance.
+        // Nobody waits for these writes but the attempts' leases.
+        if batch.len() < RESULT_BATCH / 4 {
+            tokio::time::sleep(RESULT_WINDOW).await;
+            while batch.len() < RESULT_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
         let results: Vec<RecipientResult> = batch
             .iter()
             .flat_map(|(r, _): &Results| r.iter().cloned())
@@ -82,9 +98,8 @@ async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Results>) {
                 }
             }
         }
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(());
-        }
+        // The claims end here: their leases are no longer renewed.
+        batch.clear();
     }
 }
 
@@ -125,11 +140,11 @@ impl Scheduler {
                             let permit = slots.clone().acquire_owned().await.expect("open");
                             let this = this.clone();
                             running.spawn(async move {
-                                let _running = InFlight {
+                                let claim = InFlight {
                                     scheduler: this.clone(),
                                     keys: job.iter().map(|d| (d.message_id, d.idx)).collect(),
                                 };
-                                this.attempt(job, body).await;
+                                this.attempt(job, body, claim).await;
                                 drop(permit);
                             });
                         }
@@ -206,7 +221,7 @@ impl Scheduler {
 
     /// One attempt at one message for the given recipients. The body is
     /// read by the transport piece by piece, never whole.
-    async fn attempt(&self, due: Vec<DueRecipient>, prefetched: Prefetched) {
+    async fn attempt(&self, due: Vec<DueRecipient>, prefetched: Prefetched, claim: InFlight) {
         let first = &due[0];
         let body = match self.body(&due, prefetched).await {
             Ok(body) => body,
@@ -237,7 +252,7 @@ impl Scheduler {
             .zip(attempts)
             .map(|(d, a)| self.result(d, a, at))
             .collect();
-        self.record(&due, results).await;
+        self.record(&due, results, claim).await;
     }
 
     /// The body to deliver, or why the message cannot be delivered as
@@ -329,7 +344,12 @@ impl Scheduler {
     /// recipients deferred too long), then stores the results. Reports are
     /// queued first: a crash in between costs a duplicate report, never a
     /// lost one. A message with the null sender is never reported on.
-    async fn record(&self, due: &[DueRecipient], mut results: Vec<RecipientResult>) {
+    async fn record(
+        &self,
+        due: &[DueRecipient],
+        mut results: Vec<RecipientResult>,
+        claim: InFlight,
+    ) {
         let first = &due[0];
         if !first.sender.is_empty() {
             let failed = self.report_list(&results, |_, r| {
@@ -360,12 +380,10 @@ impl Scheduler {
                 }
             }
         }
-        // Written with other jobs' results; the attempt ends (and its lease
-        // stops being renewed) once they are.
-        let (done, written) = oneshot::channel();
-        if self.results.send((results, done)).await.is_ok() {
-            let _ = written.await;
-        }
+        // Written with other jobs' results. The attempt (and its worker)
+        // is done; its claim, and the renewal of its leases, lasts until
+        // they are written.
+        let _ = self.results.send((results, claim)).await;
     }
 
     /// The recipients (address, reason) chosen by `pick` for a report.
