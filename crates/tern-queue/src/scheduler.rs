@@ -164,6 +164,15 @@ impl Scheduler {
             }
         }
         while running.join_next().await.is_some() {}
+        // The finished attempts' results may still be on their way to the
+        // store; their claims end once they are written. Waiting for that
+        // keeps a restart from delivering them again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !this.inflight.lock().expect("not poisoned").is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         renewer.abort();
     }
 
