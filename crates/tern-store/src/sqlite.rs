@@ -1,7 +1,8 @@
-//! The embedded backend: SQLite (WAL, synchronous=FULL) for metadata and
-//! events, spool files for bodies. One writer task batches the commits of
-//! concurrent sessions into one transaction (group commit), so many messages
-//! share one fsync of the WAL and one of the spool directory.
+//! The embedded backend: SQLite (WAL, synchronous=FULL) for metadata,
+//! events and small bodies, spool files for large bodies. One writer task
+//! batches the commits of concurrent sessions, and the scheduler's claims
+//! and delivery results, into one transaction (group commit), so many
+//! messages share one fsync of the WAL and one of the spool directory.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -31,6 +32,22 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// The in-process queue for SQLite's write lock (see `SqliteStore::gate`).
 type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
+/// The hot-path writes, all made by one task (`writer`): the commits,
+/// claims and delivery results waiting when it comes round go into one
+/// transaction, so accepting and delivering share each fsync and never
+/// wait for each other's turn at SQLite's write lock.
+enum Work {
+    Commit(Commit),
+    Claim(Claim),
+    Results(ResultsWork),
+}
+
+/// Delivery results, and where the messages they made final are told.
+type ResultsWork = (
+    Vec<RecipientResult>,
+    oneshot::Sender<Result<Vec<MessageId>>>,
+);
+
 struct Commit {
     msg: NewMessage,
     /// The body goes into the `bodies` table, not the spool.
@@ -38,13 +55,21 @@ struct Commit {
     done: oneshot::Sender<Result<()>>,
 }
 
+struct Claim {
+    now: i64,
+    lease_until: i64,
+    policy: RetryPolicy,
+    limit: usize,
+    reply: oneshot::Sender<Result<Vec<DueRecipient>>>,
+}
+
 /// Bodies up to this size are kept in the database by default.
 pub const DEFAULT_INLINE_MAX: usize = 64 * 1024;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// For delivery bookkeeping (claims, leases, results): commits without
-    /// waiting for fsync (synchronous=NORMAL, still atomic and safe across a
+    /// For delivery bookkeeping (claims, leases, results) when no new
+    /// message shares its transaction: commits without waiting for fsync (synchronous=NORMAL, still atomic and safe across a
     /// process crash). Power loss can only undo the last of these, which
     /// means an attempt made again: a duplicate at worst, never a lost
     /// message, whose acceptance is always committed with a full fsync.
@@ -52,7 +77,7 @@ pub struct SqliteStore {
     spool: Spool,
     /// Bodies of final messages, removed once their final state is on disk.
     to_release: Arc<Mutex<Vec<MessageId>>>,
-    writer: mpsc::Sender<Commit>,
+    writer: mpsc::Sender<Work>,
     /// Taken around every hot write transaction of this process. SQLite has
     /// one writer at a time, and a connection that finds the lock taken
     /// polls for it with sleeps of up to 100 ms (its busy handler): under
@@ -97,7 +122,13 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
         let gate = WriteGate::default();
-        tokio::spawn(writer(pool.clone(), spool.clone(), gate.clone(), rx));
+        tokio::spawn(writer(
+            pool.clone(),
+            state.clone(),
+            spool.clone(),
+            gate.clone(),
+            rx,
+        ));
         let to_release = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(releaser(
             pool.clone(),
@@ -150,31 +181,108 @@ impl SqliteStore {
     }
 }
 
-/// The group-commit loop: takes every commit waiting, makes all their bodies'
-/// names durable with one directory fsync, inserts all rows in one
-/// transaction, then answers each caller.
-async fn writer(pool: SqlitePool, spool: Spool, gate: WriteGate, mut rx: mpsc::Receiver<Commit>) {
+/// The group-commit loop: takes all the work waiting, makes the names of
+/// spooled bodies durable with one directory fsync, writes everything in
+/// one transaction, then answers each caller. A cycle with new messages
+/// commits with a full fsync (synchronous=FULL: a 250 means on disk); one
+/// with only delivery bookkeeping does not need to (see `state`).
+async fn writer(
+    pool: SqlitePool,
+    state: SqlitePool,
+    spool: Spool,
+    gate: WriteGate,
+    mut rx: mpsc::Receiver<Work>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = commit_batch(&pool, &spool, &gate, &batch).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, messages = batch.len(), "commit failed");
+        let mut commits = Vec::new();
+        let mut claims = Vec::new();
+        let mut results = Vec::new();
+        for work in batch.drain(..) {
+            match work {
+                Work::Commit(c) => commits.push(c),
+                Work::Claim(c) => claims.push(c),
+                Work::Results(r) => results.push(r),
+            }
         }
-        for c in batch.drain(..) {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => {
+        let durable = if commits.is_empty() { &state } else { &pool };
+        let cycle = write_cycle(durable, &spool, &gate, &commits, &claims, &results).await;
+        let (claimed, finished) = match cycle {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, messages = commits.len(), "commit failed");
+                let failed =
+                    || StoreError::Io(std::io::Error::other(format!("commit failed: {e}")));
+                for c in commits {
                     // Nothing half-written stays behind: the rows rolled
                     // back, so the body goes too.
                     spool.remove(c.msg.id);
-                    Err(StoreError::Io(std::io::Error::other(format!(
-                        "commit failed: {e}"
-                    ))))
+                    let _ = c.done.send(Err(failed()));
                 }
-            };
-            let _ = c.done.send(r);
+                for c in claims {
+                    let _ = c.reply.send(Err(failed()));
+                }
+                for (_, reply) in results {
+                    let _ = reply.send(Err(failed()));
+                }
+                continue;
+            }
+        };
+        for c in commits {
+            let _ = c.done.send(Ok(()));
+        }
+        for (c, due) in claims.into_iter().zip(claimed) {
+            let _ = c.reply.send(Ok(due));
+        }
+        for (r, reply) in results {
+            let mine: Vec<MessageId> = finished
+                .iter()
+                .filter(|id| r.iter().any(|x| x.message_id == **id))
+                .copied()
+                .collect();
+            let _ = reply.send(Ok(mine));
         }
     }
+}
+
+/// One transaction for one cycle of the writer: the claims' due
+/// recipients, and the messages final after the results.
+type Cycle = (Vec<Vec<DueRecipient>>, Vec<MessageId>);
+
+async fn write_cycle(
+    pool: &SqlitePool,
+    spool: &Spool,
+    gate: &WriteGate,
+    commits: &[Commit],
+    claims: &[Claim],
+    results: &[ResultsWork],
+) -> Result<Cycle> {
+    if commits.iter().any(|c| !c.inline) {
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || s.sync_dir())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
+    let results: Vec<RecipientResult> = results
+        .iter()
+        .flat_map(|(r, _)| r.iter().cloned())
+        .collect();
+    let _turn = gate.lock().await;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    if !commits.is_empty() {
+        insert_messages(&mut tx, commits).await?;
+    }
+    let finished = if results.is_empty() {
+        Vec::new()
+    } else {
+        record_in(&mut tx, &results).await?
+    };
+    let mut claimed = Vec::with_capacity(claims.len());
+    for c in claims {
+        claimed.push(claim_in(&mut tx, c).await?);
+    }
+    tx.commit().await?;
+    Ok((claimed, finished))
 }
 
 /// Every half second, makes the final states recorded since durable with
@@ -208,18 +316,8 @@ async fn releaser(
     }
 }
 
-async fn commit_batch(
-    pool: &SqlitePool,
-    spool: &Spool,
-    gate: &WriteGate,
-    batch: &[Commit],
-) -> Result<()> {
-    if batch.iter().any(|c| !c.inline) {
-        let s = spool.clone();
-        tokio::task::spawn_blocking(move || s.sync_dir())
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
-    }
+/// Inserts the rows of newly accepted messages in the writer's transaction.
+async fn insert_messages(tx: &mut sqlx::SqliteConnection, batch: &[Commit]) -> Result<()> {
     // Every row of the batch is built first, and written with a few
     // multi-row statements: the write lock is held for a few round trips
     // to SQLite's thread per batch, not four per message.
@@ -267,8 +365,6 @@ async fn commit_batch(
         .map(|(c, id)| (id.as_str(), c.msg.body.as_slice()))
         .collect();
 
-    let _turn = gate.lock().await;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let messages: Vec<(&Commit, &String)> = batch.iter().zip(&ids).collect();
     for part in messages.chunks(ROWS) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -314,9 +410,179 @@ async fn commit_batch(
         });
         q.build().execute(&mut *tx).await?;
     }
-    insert_events(&mut tx, &events).await?;
-    tx.commit().await?;
+    insert_events(&mut *tx, &events).await?;
     Ok(())
+}
+
+/// Claims due recipients (see `Store::claim_due`) in the writer's
+/// transaction. IMMEDIATE takes SQLite's write lock first, so two
+/// processes never both claim the same rows.
+async fn claim_in(tx: &mut sqlx::SqliteConnection, c: &Claim) -> Result<Vec<DueRecipient>> {
+    let (now, lease_until, policy, limit) = (c.now, c.lease_until, &c.policy, c.limit);
+    let rows = sqlx::query(
+        "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
+         FROM recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?
+           AND (r.leased_until IS NULL OR r.leased_until <= ?)
+         ORDER BY r.next_attempt LIMIT ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut due = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Ok(message_id) = r.get::<String, _>("message_id").parse::<MessageId>() else {
+            continue;
+        };
+        due.push(DueRecipient {
+            message_id,
+            idx: r.get::<i64, _>("idx") as u32,
+            address: r.get("address"),
+            domain: r.get("domain"),
+            sender: r.get("sender"),
+            created_at: r.get("created_at"),
+            attempts: r.get::<i64, _>("attempts") as u32,
+            warned: r.get::<i64, _>("warned") != 0,
+            size: r.get::<i64, _>("size") as u64,
+        });
+    }
+    // One UPDATE for the whole claim (UPDATE FROM a VALUES list).
+    let claims: Vec<(String, i64, i64)> = due
+        .iter()
+        .map(|d| {
+            let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
+            (d.message_id.to_string(), d.idx as i64, next)
+        })
+        .collect();
+    for part in claims.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, nxt) AS (");
+        q.push_values(part, |mut b, (id, idx, next)| {
+            b.push_bind(id.as_str()).push_bind(*idx).push_bind(*next);
+        });
+        q.push(
+            ") UPDATE recipients SET attempts = recipients.attempts + 1, next_attempt = v.nxt, leased_until = ",
+        )
+        .push_bind(lease_until)
+        .push(" FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i");
+        q.build().execute(&mut *tx).await?;
+    }
+    due.sort_by_key(|d| (d.message_id, d.idx));
+    Ok(due)
+}
+
+/// Records delivery results (see `Store::record_results`) in the
+/// writer's transaction; returns the messages now final.
+async fn record_in(
+    tx: &mut sqlx::SqliteConnection,
+    results: &[RecipientResult],
+) -> Result<Vec<MessageId>> {
+    // A few statements for the whole batch, however many results.
+    let rows: Vec<ResultRow<'_>> = results
+        .iter()
+        .map(|r| {
+            let status = r.outcome.status();
+            let (kind, data) = r.outcome.event();
+            ResultRow {
+                id: r.message_id.to_string(),
+                result: r,
+                next: match &r.outcome {
+                    Outcome::Deferred { retry_at, .. } => *retry_at,
+                    _ => r.at,
+                },
+                status,
+                kind,
+                data,
+            }
+        })
+        .collect();
+    let mut updated = std::collections::HashSet::new();
+    for part in rows.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, st, det, nxt, w) AS (");
+        q.push_values(part, |mut b, row| {
+            b.push_bind(row.id.as_str())
+                .push_bind(row.result.idx as i64)
+                .push_bind(row.status.kind())
+                .push_bind(row.status.detail())
+                .push_bind(row.next)
+                .push_bind(row.result.warned as i64);
+        });
+        // Only a pending recipient takes a result: one deleted from
+        // the queue meanwhile keeps its state and gets no event.
+        q.push(
+            ") UPDATE recipients SET status = v.st, detail = v.det, next_attempt = v.nxt,
+                 leased_until = NULL, warned = MAX(recipients.warned, v.w)
+             FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i
+               AND recipients.status IN ('queued', 'deferred')
+             RETURNING message_id, idx",
+        );
+        for r in q.build().fetch_all(&mut *tx).await? {
+            updated.insert((r.get::<String, _>("message_id"), r.get::<i64, _>("idx")));
+        }
+    }
+    let taken: Vec<&ResultRow<'_>> = rows
+        .iter()
+        .filter(|row| updated.contains(&(row.id.clone(), row.result.idx as i64)))
+        .collect();
+    let events: Vec<EventRow<'_>> = taken
+        .iter()
+        .map(|row| EventRow {
+            message_id: &row.id,
+            recipient: Some(&row.result.address),
+            kind: row.kind,
+            detail: row.status.detail(),
+            data: row.data.as_deref(),
+            at: row.result.at,
+        })
+        .collect();
+    insert_events(&mut *tx, &events).await?;
+    for row in taken.iter().filter(|row| row.result.outcome.suppresses()) {
+        sqlx::query(
+            "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
+             ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(row.result.address.to_lowercase())
+        .bind(row.status.detail())
+        .bind(row.result.at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Which of these messages have nothing left to deliver.
+    let mut ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    let mut pending = std::collections::HashSet::new();
+    for part in ids.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in part {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut *tx).await? {
+            pending.insert(r.get::<String, _>("message_id"));
+        }
+    }
+    let done: Vec<&str> = ids
+        .into_iter()
+        .filter(|id| !pending.contains(*id))
+        .collect();
+    // An inline body goes in this transaction: it and the final state
+    // survive a power loss together or not at all.
+    for part in done.chunks(ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE message_id IN (");
+        let mut list = q.separated(", ");
+        for id in part {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+    }
+    let finished: Vec<MessageId> = done.iter().filter_map(|id| id.parse().ok()).collect();
+    Ok(finished)
 }
 
 /// Rows per multi-row statement: SQLite takes up to 32766 bound values
@@ -393,7 +659,7 @@ impl Store for SqliteStore {
         let (done, wait) = oneshot::channel();
         if self
             .writer
-            .send(Commit { msg, inline, done })
+            .send(Work::Commit(Commit { msg, inline, done }))
             .await
             .is_err()
         {
@@ -414,62 +680,19 @@ impl Store for SqliteStore {
         policy: &RetryPolicy,
         limit: usize,
     ) -> Result<Vec<DueRecipient>> {
-        // IMMEDIATE takes SQLite's write lock first, so two processes never
-        // both claim the same rows.
-        let _turn = self.gate.lock().await;
-        let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "SELECT r.message_id, r.idx, r.address, r.domain, r.attempts, r.warned, m.sender, m.created_at, m.size
-             FROM recipients r JOIN messages m ON m.id = r.message_id
-             WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?
-               AND (r.leased_until IS NULL OR r.leased_until <= ?)
-             ORDER BY r.next_attempt LIMIT ?",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut due = Vec::with_capacity(rows.len());
-        for r in rows {
-            let Ok(message_id) = r.get::<String, _>("message_id").parse::<MessageId>() else {
-                continue;
-            };
-            due.push(DueRecipient {
-                message_id,
-                idx: r.get::<i64, _>("idx") as u32,
-                address: r.get("address"),
-                domain: r.get("domain"),
-                sender: r.get("sender"),
-                created_at: r.get("created_at"),
-                attempts: r.get::<i64, _>("attempts") as u32,
-                warned: r.get::<i64, _>("warned") != 0,
-                size: r.get::<i64, _>("size") as u64,
-            });
-        }
-        // One UPDATE for the whole claim (UPDATE FROM a VALUES list).
-        let claims: Vec<(String, i64, i64)> = due
-            .iter()
-            .map(|d| {
-                let next = now + policy.delay_after(d.attempts + 1).as_secs() as i64;
-                (d.message_id.to_string(), d.idx as i64, next)
-            })
-            .collect();
-        for part in claims.chunks(ROWS) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, nxt) AS (");
-            q.push_values(part, |mut b, (id, idx, next)| {
-                b.push_bind(id.as_str()).push_bind(*idx).push_bind(*next);
-            });
-            q.push(
-                ") UPDATE recipients SET attempts = recipients.attempts + 1, next_attempt = v.nxt, leased_until = ",
-            )
-            .push_bind(lease_until)
-            .push(" FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i");
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        due.sort_by_key(|d| (d.message_id, d.idx));
-        Ok(due)
+        let (reply, wait) = oneshot::channel();
+        let claim = Claim {
+            now,
+            lease_until,
+            policy: policy.clone(),
+            limit,
+            reply,
+        };
+        self.writer
+            .send(Work::Claim(claim))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn renew_leases(&self, until: i64, recipients: &[(MessageId, u32)]) -> Result<u64> {
@@ -517,116 +740,16 @@ impl Store for SqliteStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        // A few statements for the whole batch, however many results.
-        let rows: Vec<ResultRow<'_>> = results
-            .iter()
-            .map(|r| {
-                let status = r.outcome.status();
-                let (kind, data) = r.outcome.event();
-                ResultRow {
-                    id: r.message_id.to_string(),
-                    result: r,
-                    next: match &r.outcome {
-                        Outcome::Deferred { retry_at, .. } => *retry_at,
-                        _ => r.at,
-                    },
-                    status,
-                    kind,
-                    data,
-                }
-            })
-            .collect();
-        let _turn = self.gate.lock().await;
-        let mut tx = self.state.begin_with("BEGIN IMMEDIATE").await?;
-        let mut updated = std::collections::HashSet::new();
-        for part in rows.chunks(ROWS) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(mid, i, st, det, nxt, w) AS (");
-            q.push_values(part, |mut b, row| {
-                b.push_bind(row.id.as_str())
-                    .push_bind(row.result.idx as i64)
-                    .push_bind(row.status.kind())
-                    .push_bind(row.status.detail())
-                    .push_bind(row.next)
-                    .push_bind(row.result.warned as i64);
-            });
-            // Only a pending recipient takes a result: one deleted from
-            // the queue meanwhile keeps its state and gets no event.
-            q.push(
-                ") UPDATE recipients SET status = v.st, detail = v.det, next_attempt = v.nxt,
-                     leased_until = NULL, warned = MAX(recipients.warned, v.w)
-                 FROM v WHERE recipients.message_id = v.mid AND recipients.idx = v.i
-                   AND recipients.status IN ('queued', 'deferred')
-                 RETURNING message_id, idx",
-            );
-            for r in q.build().fetch_all(&mut *tx).await? {
-                updated.insert((r.get::<String, _>("message_id"), r.get::<i64, _>("idx")));
-            }
-        }
-        let taken: Vec<&ResultRow<'_>> = rows
-            .iter()
-            .filter(|row| updated.contains(&(row.id.clone(), row.result.idx as i64)))
-            .collect();
-        let events: Vec<EventRow<'_>> = taken
-            .iter()
-            .map(|row| EventRow {
-                message_id: &row.id,
-                recipient: Some(&row.result.address),
-                kind: row.kind,
-                detail: row.status.detail(),
-                data: row.data.as_deref(),
-                at: row.result.at,
-            })
-            .collect();
-        insert_events(&mut tx, &events).await?;
-        for row in taken.iter().filter(|row| row.result.outcome.suppresses()) {
-            sqlx::query(
-                "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
-                 ON CONFLICT (address) DO NOTHING",
-            )
-            .bind(row.result.address.to_lowercase())
-            .bind(row.status.detail())
-            .bind(row.result.at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Which of these messages have nothing left to deliver.
-        let mut ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-        ids.sort();
-        ids.dedup();
-        let mut pending = std::collections::HashSet::new();
-        for part in ids.chunks(ROWS) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in part {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            for r in q.build().fetch_all(&mut *tx).await? {
-                pending.insert(r.get::<String, _>("message_id"));
-            }
-        }
-        let done: Vec<&str> = ids
-            .into_iter()
-            .filter(|id| !pending.contains(*id))
-            .collect();
-        // An inline body goes in this transaction: it and the final state
-        // survive a power loss together or not at all.
-        for part in done.chunks(ROWS) {
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE message_id IN (");
-            let mut list = q.separated(", ");
-            for id in part {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
-        let finished: Vec<MessageId> = done.iter().filter_map(|id| id.parse().ok()).collect();
-        tx.commit().await?;
-        // The rows say "final", but not yet durably (synchronous=NORMAL):
-        // the bodies go once a durable commit covers them (`releaser`), so
-        // a power loss can never leave a pending message without its body.
+        let (reply, wait) = oneshot::channel();
+        self.writer
+            .send(Work::Results((results.to_vec(), reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let finished = wait.await.map_err(|_| StoreError::Closed)??;
+        // The rows say "final", but perhaps not yet durably (a cycle with
+        // no new message commits with synchronous=NORMAL): the bodies go
+        // once a durable commit covers them (`releaser`), so a power loss
+        // can never leave a pending message without its body.
         self.to_release
             .lock()
             .expect("not poisoned")
