@@ -66,7 +66,7 @@ async fn helo_then_mail_to_local_user_lands_in_maildir() {
     assert!(!text.contains("Message-ID:"));
     // Delivered: nothing left in the queue or the spool.
     common::eventually(10, || t.spool_files() == 0).await;
-    assert_eq!(t.queued().await, 0);
+    t.wait_queue_empty().await;
 }
 
 #[tokio::test]

@@ -157,6 +157,16 @@ impl TestServer {
     }
 
     /// Messages in the queue with recipients pending.
+    /// Waits (10 s at most) until no message is pending: a delivery's
+    /// result is recorded shortly after the delivery itself.
+    pub async fn wait_queue_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.queued().await > 0 {
+            assert!(Instant::now() < deadline, "the queue did not empty in 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn queued(&self) -> usize {
         self.server()
             .store

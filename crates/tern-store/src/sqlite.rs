@@ -43,10 +43,7 @@ enum Work {
 }
 
 /// Delivery results, and where the messages they made final are told.
-type ResultsWork = (
-    Vec<RecipientResult>,
-    oneshot::Sender<Result<Vec<MessageId>>>,
-);
+type ResultsWork = (Vec<RecipientResult>, oneshot::Sender<Result<Finished>>);
 
 struct Commit {
     msg: NewMessage,
@@ -235,19 +232,23 @@ async fn writer(
             let _ = c.reply.send(Ok(due));
         }
         for (r, reply) in results {
-            let mine: Vec<MessageId> = finished
-                .iter()
-                .filter(|id| r.iter().any(|x| x.message_id == **id))
-                .copied()
-                .collect();
-            let _ = reply.send(Ok(mine));
+            let mine = |ids: &[MessageId]| -> Vec<MessageId> {
+                ids.iter()
+                    .filter(|id| r.iter().any(|x| x.message_id == **id))
+                    .copied()
+                    .collect()
+            };
+            let _ = reply.send(Ok(Finished {
+                all: mine(&finished.all),
+                spooled: mine(&finished.spooled),
+            }));
         }
     }
 }
 
 /// One transaction for one cycle of the writer: the claims' due
 /// recipients, and the messages final after the results.
-type Cycle = (Vec<Vec<DueRecipient>>, Vec<MessageId>);
+type Cycle = (Vec<Vec<DueRecipient>>, Finished);
 
 async fn write_cycle(
     pool: &SqlitePool,
@@ -273,7 +274,7 @@ async fn write_cycle(
         insert_messages(&mut tx, commits).await?;
     }
     let finished = if results.is_empty() {
-        Vec::new()
+        Finished::default()
     } else {
         record_in(&mut tx, &results).await?
     };
@@ -309,7 +310,14 @@ async fn releaser(
             .execute(&pool)
             .await;
         match durable {
-            Ok(_) => ids.iter().for_each(|id| spool.remove(*id)),
+            // Unlinking is file system work: off the runtime's threads.
+            Ok(_) => {
+                let spool = spool.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    ids.iter().for_each(|id| spool.remove(*id))
+                })
+                .await;
+            }
             // Try again on the next tick; `sweep` also catches them at start.
             Err(_) => pending.lock().expect("not poisoned").extend(ids),
         }
@@ -477,7 +485,7 @@ async fn claim_in(tx: &mut sqlx::SqliteConnection, c: &Claim) -> Result<Vec<DueR
 async fn record_in(
     tx: &mut sqlx::SqliteConnection,
     results: &[RecipientResult],
-) -> Result<Vec<MessageId>> {
+) -> Result<Finished> {
     // A few statements for the whole batch, however many results.
     let rows: Vec<ResultRow<'_>> = results
         .iter()
@@ -571,18 +579,35 @@ async fn record_in(
         .filter(|id| !pending.contains(*id))
         .collect();
     // An inline body goes in this transaction: it and the final state
-    // survive a power loss together or not at all.
+    // survive a power loss together or not at all. The others are files.
+    let mut inline = std::collections::HashSet::new();
     for part in done.chunks(ROWS) {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE message_id IN (");
         let mut list = q.separated(", ");
         for id in part {
             list.push_bind(*id);
         }
-        q.push(")");
-        q.build().execute(&mut *tx).await?;
+        q.push(") RETURNING message_id");
+        for r in q.build().fetch_all(&mut *tx).await? {
+            inline.insert(r.get::<String, _>("message_id"));
+        }
     }
-    let finished: Vec<MessageId> = done.iter().filter_map(|id| id.parse().ok()).collect();
-    Ok(finished)
+    Ok(Finished {
+        all: done.iter().filter_map(|id| id.parse().ok()).collect(),
+        spooled: done
+            .iter()
+            .filter(|id| !inline.contains(**id))
+            .filter_map(|id| id.parse().ok())
+            .collect(),
+    })
+}
+
+/// Messages made final by a batch of results, and those of them whose
+/// body is a spool file (to remove once the final state is durable).
+#[derive(Default)]
+struct Finished {
+    all: Vec<MessageId>,
+    spooled: Vec<MessageId>,
 }
 
 /// Rows per multi-row statement: SQLite takes up to 32766 bound values
@@ -747,14 +772,15 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         let finished = wait.await.map_err(|_| StoreError::Closed)??;
         // The rows say "final", but perhaps not yet durably (a cycle with
-        // no new message commits with synchronous=NORMAL): the bodies go
-        // once a durable commit covers them (`releaser`), so a power loss
-        // can never leave a pending message without its body.
+        // no new message commits with synchronous=NORMAL): spooled bodies
+        // go once a durable commit covers them (`releaser`), so a power
+        // loss can never leave a pending message without its body. Inline
+        // bodies went with the rows.
         self.to_release
             .lock()
             .expect("not poisoned")
-            .extend(finished.iter().copied());
-        Ok(finished)
+            .extend(finished.spooled);
+        Ok(finished.all)
     }
 
     async fn list_messages(&self, limit: usize) -> Result<Vec<QueuedMessage>> {
