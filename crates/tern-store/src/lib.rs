@@ -46,7 +46,10 @@ pub trait Store: ApiStore + Send + Sync + 'static {
     /// Makes a message durable: body and metadata are on disk (fsync) when
     /// this returns `Ok`, and nothing is left behind when it returns `Err`.
     /// Commits from concurrent callers may share one fsync (group commit).
-    async fn commit_message(&self, msg: NewMessage) -> Result<()>;
+    /// Recipients on the suppression list, looked up in the same
+    /// transaction, are stored final (as are those in `msg.suppressed`);
+    /// the answer is every suppressed recipient, by index, with its reason.
+    async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>>;
 
     /// Takes up to `limit` recipients due at `now` and not in flight (or
     /// whose lease has run out: its holder died), in due order. Before

@@ -23,7 +23,8 @@ const MAX_BATCH: usize = 256;
 
 struct Commit {
     msg: NewMessage,
-    done: oneshot::Sender<Result<()>>,
+    /// Told the suppressed recipients once the commit is durable.
+    done: oneshot::Sender<Result<Vec<(usize, String)>>>,
 }
 
 pub struct PgStore {
@@ -89,13 +90,13 @@ impl PgStore {
 async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Commit>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = commit_batch(&pool, &batch).await;
+        let result = commit_batch(&pool, &mut batch).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, messages = batch.len(), "commit failed");
         }
         for c in batch.drain(..) {
             let r = match &result {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(c.msg.suppressed),
                 Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
                     "commit failed: {e}"
                 )))),
@@ -105,9 +106,30 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Commit>) {
     }
 }
 
-async fn commit_batch(pool: &PgPool, batch: &[Commit]) -> Result<()> {
+async fn commit_batch(pool: &PgPool, batch: &mut [Commit]) -> Result<()> {
     let mut tx = pool.begin().await?;
-    for c in batch {
+    // The suppression list, looked up in the same transaction: one query
+    // for the batch.
+    let mut addresses: Vec<String> = batch
+        .iter()
+        .flat_map(|c| c.msg.lookup_addresses())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    let listed: std::collections::BTreeMap<String, String> =
+        sqlx::query("SELECT address, reason FROM suppressions WHERE address = ANY($1)")
+            .bind(&addresses)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.get("address"), r.get("reason")))
+            .collect();
+    if !listed.is_empty() {
+        for c in batch.iter_mut() {
+            c.msg.apply_suppressions(&listed);
+        }
+    }
+    for c in batch.iter() {
         let m = &c.msg;
         let id = m.id.to_string();
         sqlx::query("INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata)
@@ -205,7 +227,7 @@ async fn insert_event(
 
 #[async_trait]
 impl Store for PgStore {
-    async fn commit_message(&self, msg: NewMessage) -> Result<()> {
+    async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>> {
         let (done, wait) = oneshot::channel();
         self.writer
             .send(Commit { msg, done })

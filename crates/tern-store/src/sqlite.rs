@@ -49,7 +49,8 @@ struct Commit {
     msg: NewMessage,
     /// The body goes into the `bodies` table, not the spool.
     inline: bool,
-    done: oneshot::Sender<Result<()>>,
+    /// Told the suppressed recipients once the commit is durable.
+    done: oneshot::Sender<Result<Vec<(usize, String)>>>,
 }
 
 struct Claim {
@@ -203,7 +204,7 @@ async fn writer(
             }
         }
         let durable = if commits.is_empty() { &state } else { &pool };
-        let cycle = write_cycle(durable, &spool, &gate, &commits, &claims, &results).await;
+        let cycle = write_cycle(durable, &spool, &gate, &mut commits, &claims, &results).await;
         let (claimed, finished) = match cycle {
             Ok(done) => done,
             Err(e) => {
@@ -226,7 +227,7 @@ async fn writer(
             }
         };
         for c in commits {
-            let _ = c.done.send(Ok(()));
+            let _ = c.done.send(Ok(c.msg.suppressed));
         }
         for (c, due) in claims.into_iter().zip(claimed) {
             let _ = c.reply.send(Ok(due));
@@ -254,7 +255,7 @@ async fn write_cycle(
     pool: &SqlitePool,
     spool: &Spool,
     gate: &WriteGate,
-    commits: &[Commit],
+    commits: &mut [Commit],
     claims: &[Claim],
     results: &[ResultsWork],
 ) -> Result<Cycle> {
@@ -271,6 +272,7 @@ async fn write_cycle(
     let _turn = gate.lock().await;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     if !commits.is_empty() {
+        apply_suppression_list(&mut tx, commits).await?;
         insert_messages(&mut tx, commits).await?;
     }
     let finished = if results.is_empty() {
@@ -322,6 +324,41 @@ async fn releaser(
             Err(_) => pending.lock().expect("not poisoned").extend(ids),
         }
     }
+}
+
+/// Looks up the recipients of new messages on the suppression list, in the
+/// writer's transaction: one query per cycle instead of one per message,
+/// and no entry added or removed in between can be missed.
+async fn apply_suppression_list(
+    tx: &mut sqlx::SqliteConnection,
+    commits: &mut [Commit],
+) -> Result<()> {
+    let mut addresses: Vec<String> = commits
+        .iter()
+        .flat_map(|c| c.msg.lookup_addresses())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    let mut listed = std::collections::BTreeMap::new();
+    for part in addresses.chunks(ROWS * 4) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT address, reason FROM suppressions WHERE address IN (",
+        );
+        let mut list = q.separated(", ");
+        for a in part {
+            list.push_bind(a.as_str());
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut *tx).await? {
+            listed.insert(r.get::<String, _>("address"), r.get::<String, _>("reason"));
+        }
+    }
+    if !listed.is_empty() {
+        for c in commits.iter_mut() {
+            c.msg.apply_suppressions(&listed);
+        }
+    }
+    Ok(())
 }
 
 /// Inserts the rows of newly accepted messages in the writer's transaction.
@@ -666,9 +703,9 @@ async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[EventRow<'_>])
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn commit_message(&self, msg: NewMessage) -> Result<()> {
+    async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>> {
         let id = msg.id;
-        let nothing_to_send = msg.suppressed.len() >= msg.envelope.recipients.len();
+        let recipients = msg.envelope.recipients.len();
         let inline = msg.body.len() <= self.inline_max;
         let msg = if inline {
             msg
@@ -691,11 +728,12 @@ impl Store for SqliteStore {
             self.spool.remove(id);
             return Err(StoreError::Closed);
         }
-        wait.await.map_err(|_| StoreError::Closed)??;
-        if nothing_to_send {
+        let suppressed = wait.await.map_err(|_| StoreError::Closed)??;
+        if suppressed.len() >= recipients {
+            // Nothing to send: a spooled body goes once this is durable.
             self.to_release.lock().expect("not poisoned").push(id);
         }
-        Ok(())
+        Ok(suppressed)
     }
 
     async fn claim_due(

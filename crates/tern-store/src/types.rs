@@ -13,9 +13,34 @@ pub struct NewMessage {
     pub auth_user: Option<String>,
     /// What the message was sent with, for search and events.
     pub info: MessageInfo,
-    /// Recipients (by index) on the suppression list, with the reason:
-    /// stored as final, never attempted.
+    /// Recipients (by index) known to be suppressed, with the reason:
+    /// stored as final, never attempted. The store adds those on the
+    /// suppression list when it commits.
     pub suppressed: Vec<(usize, String)>,
+}
+
+impl NewMessage {
+    /// Every recipient address of the message, lower-cased as the
+    /// suppression list keeps them.
+    pub(crate) fn lookup_addresses(&self) -> impl Iterator<Item = String> + '_ {
+        self.envelope
+            .recipients
+            .iter()
+            .map(|r| r.to_string().to_lowercase())
+    }
+
+    /// Marks the recipients on `listed` (address -> reason) suppressed.
+    pub(crate) fn apply_suppressions(&mut self, listed: &BTreeMap<String, String>) {
+        for (idx, rcpt) in self.envelope.recipients.iter().enumerate() {
+            if self.suppressed.iter().any(|(i, _)| *i == idx) {
+                continue;
+            }
+            if let Some(reason) = listed.get(&rcpt.to_string().to_lowercase()) {
+                self.suppressed.push((idx, format!("suppressed: {reason}")));
+            }
+        }
+        self.suppressed.sort_by_key(|(i, _)| *i);
+    }
 }
 
 /// What a sender labelled a message with, plus its subject for search.

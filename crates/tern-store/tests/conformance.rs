@@ -541,17 +541,31 @@ async fn suppressions_and_hard_bounces(store: Arc<dyn Store>) {
         vec![("gone@x.test".to_string(), "asked".to_string())]
     );
 
-    // A suppressed recipient is stored final and never claimed.
-    let mut m = message(&["gone@x.test", "here@x.test"], 100);
-    m.suppressed = vec![(0, "suppressed: asked".into())];
+    // A recipient on the list is found by the commit itself (whatever the
+    // case of the address), stored final and never claimed; one the caller
+    // marks suppressed is too.
+    let m = message(&["GONE@x.test", "here@x.test"], 100);
     let id = m.id;
-    store.commit_message(m).await.unwrap();
+    assert_eq!(
+        store.commit_message(m).await.unwrap(),
+        vec![(0, "suppressed: asked".to_string())]
+    );
+    let mut marked = message(&["also@x.test", "here2@x.test"], 100);
+    marked.suppressed = vec![(1, "suppressed: by the caller".into())];
+    let marked_id = marked.id;
+    assert_eq!(
+        store.commit_message(marked).await.unwrap(),
+        vec![(1, "suppressed: by the caller".to_string())]
+    );
     let claimed = store
         .claim_due(100, 200, &RetryPolicy::default(), 10)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].address, "here@x.test");
+    let mut addresses: Vec<&str> = claimed.iter().map(|d| d.address.as_str()).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["also@x.test", "here@x.test"]);
+    let q = store.get_message(marked_id).await.unwrap().unwrap();
+    assert_eq!(q.recipients[1].status.kind(), "suppressed");
     let q = store.get_message(id).await.unwrap().unwrap();
     assert_eq!(
         q.recipients[0].status,
