@@ -147,16 +147,8 @@ pf_stop() {
     fi
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # Samples the memory of a process and all its descendants every 250 ms
 # and keeps the peak of their summed VmRSS (and of their summed Pss) in

@@ -19,25 +19,9 @@ CONNS=${CONNS:-50}
 SIZE=${SIZE:-4096}
 [ -x "$BIN" ] || cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+with_workdir
 
 # run N: prints "accept_rate e2e_rate"
 run() {

@@ -341,14 +341,11 @@ async fn apply_suppression_list(
     addresses.dedup();
     let mut listed = std::collections::BTreeMap::new();
     for part in addresses.chunks(ROWS * 4) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT address, reason FROM suppressions WHERE address IN (",
+        let mut q = in_list(
+            "SELECT address, reason FROM suppressions WHERE address IN ",
+            part.iter().map(|a| a.as_str()),
+            "",
         );
-        let mut list = q.separated(", ");
-        for a in part {
-            list.push_bind(a.as_str());
-        }
-        q.push(")");
         for r in q.build().fetch_all(&mut *tx).await? {
             listed.insert(r.get::<String, _>("address"), r.get::<String, _>("reason"));
         }
@@ -599,14 +596,11 @@ async fn record_in(
     ids.dedup();
     let mut pending = std::collections::HashSet::new();
     for part in ids.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN (",
+        let mut q = in_list(
+            "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN ",
+            part.iter().copied(),
+            "",
         );
-        let mut list = q.separated(", ");
-        for id in part {
-            list.push_bind(*id);
-        }
-        q.push(")");
         for r in q.build().fetch_all(&mut *tx).await? {
             pending.insert(r.get::<String, _>("message_id"));
         }
@@ -619,12 +613,11 @@ async fn record_in(
     // survive a power loss together or not at all. The others are files.
     let mut inline = std::collections::HashSet::new();
     for part in done.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE message_id IN (");
-        let mut list = q.separated(", ");
-        for id in part {
-            list.push_bind(*id);
-        }
-        q.push(") RETURNING message_id");
+        let mut q = in_list(
+            "DELETE FROM bodies WHERE message_id IN ",
+            part.iter().copied(),
+            " RETURNING message_id",
+        );
         for r in q.build().fetch_all(&mut *tx).await? {
             inline.insert(r.get::<String, _>("message_id"));
         }
@@ -645,6 +638,23 @@ async fn record_in(
 struct Finished {
     all: Vec<MessageId>,
     spooled: Vec<MessageId>,
+}
+
+/// `head (?, ?, ...) tail` with `values` bound to the marks: a statement
+/// on a list of keys (callers keep the list under `ROWS` or so).
+fn in_list<'a>(
+    head: &str,
+    values: impl IntoIterator<Item = &'a str>,
+    tail: &str,
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(head);
+    q.push("(");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+    q.push(")").push(tail);
+    q
 }
 
 /// Rows per multi-row statement: SQLite takes up to 32766 bound values
@@ -952,14 +962,12 @@ impl Store for SqliteStore {
     async fn small_bodies(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Vec<u8>)>> {
         let mut found = Vec::new();
         for part in ids.chunks(ROWS) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT message_id, data FROM bodies WHERE message_id IN (",
+            let ids: Vec<String> = part.iter().map(|id| id.to_string()).collect();
+            let mut q = in_list(
+                "SELECT message_id, data FROM bodies WHERE message_id IN ",
+                ids.iter().map(|id| id.as_str()),
+                "",
             );
-            let mut list = q.separated(", ");
-            for id in part {
-                list.push_bind(id.to_string());
-            }
-            q.push(")");
             for r in q.build().fetch_all(&self.pool).await? {
                 if let Ok(id) = r.get::<String, _>("message_id").parse() {
                     found.push((id, r.get("data")));
