@@ -640,6 +640,40 @@ struct Finished {
     spooled: Vec<MessageId>,
 }
 
+/// Fails a message's pending recipients with `detail`, one `kind` event
+/// each (saying `event_detail`); returns how many there were.
+async fn fail_pending(
+    tx: &mut sqlx::SqliteConnection,
+    id: MessageId,
+    detail: &str,
+    kind: &str,
+    event_detail: &str,
+    now: i64,
+) -> Result<usize> {
+    let id_text = id.to_string();
+    let addresses: Vec<String> = sqlx::query_scalar(
+        "UPDATE recipients SET status = 'failed', detail = ?, leased_until = NULL
+         WHERE message_id = ? AND status IN ('queued', 'deferred') RETURNING address",
+    )
+    .bind(detail)
+    .bind(&id_text)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events: Vec<EventRow<'_>> = addresses
+        .iter()
+        .map(|a| EventRow {
+            message_id: &id_text,
+            recipient: Some(a),
+            kind,
+            detail: Some(event_detail),
+            data: None,
+            at: now,
+        })
+        .collect();
+    insert_events(&mut *tx, &events).await?;
+    Ok(addresses.len())
+}
+
 /// `head (?, ?, ...) tail` with `values` bound to the marks: a statement
 /// on a list of keys (callers keep the list under `ROWS` or so).
 fn in_list<'a>(
@@ -880,37 +914,17 @@ impl Store for SqliteStore {
 
     async fn delete_message(&self, id: MessageId) -> Result<bool> {
         let now = tern_core::unix_now();
+        let _turn = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "UPDATE recipients SET status = 'failed', detail = ?, leased_until = NULL
-             WHERE message_id = ? AND status IN ('queued', 'deferred') RETURNING address",
-        )
-        .bind(DELETED)
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let id_text = id.to_string();
-        let addresses: Vec<String> = rows.iter().map(|r| r.get("address")).collect();
-        let events: Vec<EventRow<'_>> = addresses
-            .iter()
-            .map(|a| EventRow {
-                message_id: &id_text,
-                recipient: Some(a),
-                kind: "deleted",
-                detail: Some(DELETED),
-                data: None,
-                at: now,
-            })
-            .collect();
-        insert_events(&mut tx, &events).await?;
-        if !rows.is_empty() {
+        let failed = fail_pending(&mut tx, id, DELETED, "deleted", DELETED, now).await?;
+        if failed > 0 {
             sqlx::query("DELETE FROM bodies WHERE message_id = ?")
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        if rows.is_empty() {
+        if failed == 0 {
             return Ok(false);
         }
         self.spool.remove(id);
@@ -1022,29 +1036,9 @@ impl Store for SqliteStore {
     async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()> {
         let now = tern_core::unix_now();
         let detail = format!("quarantined: {reason}");
+        let _turn = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "UPDATE recipients SET status = 'failed', detail = ?, leased_until = NULL
-             WHERE message_id = ? AND status IN ('queued', 'deferred') RETURNING address",
-        )
-        .bind(&detail)
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let id_text = id.to_string();
-        let addresses: Vec<String> = rows.iter().map(|r| r.get("address")).collect();
-        let events: Vec<EventRow<'_>> = addresses
-            .iter()
-            .map(|a| EventRow {
-                message_id: &id_text,
-                recipient: Some(a),
-                kind: "quarantined",
-                detail: Some(reason),
-                data: None,
-                at: now,
-            })
-            .collect();
-        insert_events(&mut tx, &events).await?;
+        fail_pending(&mut tx, id, &detail, "quarantined", reason, now).await?;
         tx.commit().await?;
         self.spool.set_aside(id)?;
         Ok(())
