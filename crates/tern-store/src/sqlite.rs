@@ -214,7 +214,7 @@ async fn writer(
                 for c in commits {
                     // Nothing half-written stays behind: the rows rolled
                     // back, so the body goes too.
-                    spool.remove(c.msg.id);
+                    spool.recycle(c.msg.id);
                     let _ = c.done.send(Err(failed()));
                 }
                 for c in claims {
@@ -316,7 +316,7 @@ async fn releaser(
             Ok(_) => {
                 let spool = spool.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    ids.iter().for_each(|id| spool.remove(*id))
+                    ids.iter().for_each(|id| spool.recycle(*id))
                 })
                 .await;
             }
@@ -769,7 +769,7 @@ impl Store for SqliteStore {
             .await
             .is_err()
         {
-            self.spool.remove(id);
+            self.spool.recycle(id);
             return Err(StoreError::Closed);
         }
         let suppressed = wait.await.map_err(|_| StoreError::Closed)??;
@@ -1060,7 +1060,7 @@ impl Store for SqliteStore {
         .rows_affected() as usize;
         for id in self.spool.list()? {
             if !pending.contains(&id.to_string()) {
-                self.spool.remove(id);
+                self.spool.recycle(id);
                 removed += 1;
             }
         }
