@@ -49,17 +49,23 @@ impl Spool {
     pub fn open(dir: PathBuf) -> std::io::Result<Spool> {
         fs::create_dir_all(dir.join(".free"))?;
         let mut free = FreeFiles::default();
+        // Another process with the store open (the CLI beside a running
+        // server) may take or add files meanwhile: renames are atomic, and
+        // a file gone by the time it is looked at is skipped.
         for entry in fs::read_dir(dir.join(".free"))? {
             let entry = entry?;
             let name = entry.file_name().to_str().and_then(|n| n.parse().ok());
-            let len = entry.metadata()?.len();
+            let Ok(meta) = entry.metadata() else { continue };
+            let len = meta.len();
             match name {
                 Some(n) if free.bytes + len <= FREE_BUDGET && len <= FREE_MAX_FILE => {
                     free.files.push((n, len));
                     free.bytes += len;
                     free.next_name = free.next_name.max(n + 1);
                 }
-                _ => fs::remove_file(entry.path())?,
+                _ => {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(Spool {

@@ -919,7 +919,13 @@ async fn sqlite_keeps_small_bodies_inline_and_large_ones_spooled() {
     let spool_files = || {
         std::fs::read_dir(dir.path().join("spool"))
             .unwrap()
-            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count()
     };
     let small = message(&["a@x.test"], 100);
