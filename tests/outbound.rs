@@ -145,6 +145,47 @@ async fn mx_order_and_fallback_when_the_first_refuses() {
     assert_eq!(mx2.received().len(), 1);
 }
 
+/// Tern keeps local parts unquoted (`"john doe"@x` is `john doe@x` in its
+/// queue and history); on the wire they must be quoted again (RFC 5321
+/// 4.1.2), or the remote server sees a broken path.
+#[tokio::test]
+async fn quoted_local_parts_are_quoted_again_on_the_wire() {
+    let port = free_port(&[ip(MX1)]);
+    let dns = TestDns::start(ZONE).await;
+    let fake = FakeSmtp::start(ip(MX1), port, Script::default()).await;
+    let t = tern(&dns, port, |_| {}).await;
+    let id = submit(
+        &t,
+        &[
+            "\"john doe\"@implicit.test",
+            "\"a@b\"@implicit.test",
+            "\"say \\\"hi\\\"\"@implicit.test",
+            "plain.one@implicit.test",
+        ],
+        "Subject: quoted\r\n\r\nx\r\n",
+    )
+    .await;
+    let got = fake.wait_received(1, 15).await;
+    let mut rcpts = got[0].rcpt_to.clone();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec![
+            "\"a@b\"@implicit.test",
+            "\"john doe\"@implicit.test",
+            "\"say \\\"hi\\\"\"@implicit.test",
+            "plain.one@implicit.test",
+        ]
+    );
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    // The history names them unquoted, as they are stored.
+    let h = wait_history(&t, &id, "delivered john doe@implicit.test").await;
+    assert!(
+        h.iter().any(|l| l.contains("delivered a@b@implicit.test")),
+        "{h:?}"
+    );
+}
+
 #[tokio::test]
 async fn implicit_mx_uses_the_domain_address() {
     let port = free_port(&[ip(MX1)]);

@@ -904,6 +904,9 @@ impl Session {
             return Flow::Go;
         };
         let (arg, path, params) = (arg.to_string(), path.to_string(), params.to_string());
+        if !path.is_empty() && !is_mailbox(&path) {
+            self.violation(format!("MAIL path is not an RFC 5321 Mailbox: {path:?}"));
+        }
         let script = self.script(|s| (s.auth.is_some(), s.mail_reply.clone()));
         if script.0 && !self.authed {
             self.reply("530 5.7.0 Authentication required");
@@ -973,6 +976,9 @@ impl Session {
             return Flow::Go;
         };
         let (path, params) = (path.to_string(), params.to_string());
+        if !is_mailbox(&path) && !path.eq_ignore_ascii_case("postmaster") {
+            self.violation(format!("RCPT path is not an RFC 5321 Mailbox: {path:?}"));
+        }
         for p in params.split_whitespace() {
             self.violation(format!("RCPT parameter {p} not offered"));
         }
@@ -1161,4 +1167,58 @@ fn decode(b: &[u8]) -> Result<Vec<u8>, Option<&'static str>> {
             .decode(b)
             .map_err(|_| Some("501 5.5.2 Cannot decode response")),
     }
+}
+
+/// RFC 5321 4.1.2 Mailbox: a Dot-string or a Quoted-string, `@`, a domain
+/// or an address literal (non-ASCII allowed, as with SMTPUTF8, RFC 6531).
+fn is_mailbox(path: &str) -> bool {
+    let local_end = if let Some(rest) = path.strip_prefix('"') {
+        // qtextSMTP, or quoted-pairSMTP: a backslash and one printable.
+        let mut chars = rest.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    end = Some(i + 2);
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some((_, e)) if (' '..='~').contains(&e) => {}
+                    _ => return false,
+                },
+                c if c.is_control() => return false,
+                _ => {}
+            }
+        }
+        match end {
+            Some(e) => e,
+            None => return false,
+        }
+    } else {
+        match path.rfind('@') {
+            Some(at) => {
+                let dot_string = path[..at].split('.').all(|atom| {
+                    !atom.is_empty()
+                        && atom.chars().all(|c| {
+                            c.is_ascii_alphanumeric()
+                                || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                                || !c.is_ascii()
+                        })
+                });
+                if !dot_string {
+                    return false;
+                }
+                at
+            }
+            None => return false,
+        }
+    };
+    let Some(domain) = path[local_end..].strip_prefix('@') else {
+        return false;
+    };
+    (domain.starts_with('[') && domain.ends_with(']'))
+        || (!domain.is_empty()
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-')))
 }

@@ -1,5 +1,6 @@
 //! Mailbox addresses as Tern uses them: `local@domain`, domain lowercased.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A validated mailbox `local@domain` (RFC 5321 4.1.2 Mailbox).
@@ -74,6 +75,49 @@ impl Address {
     }
 }
 
+/// `local@domain` as it is written in an SMTP path (RFC 5321 4.1.2) or a
+/// header's addr-spec (RFC 5322 3.4.1): the local part as is when it is a
+/// Dot-string, else as a Quoted-string. Tern keeps local parts unquoted
+/// (`"john doe"@x` is stored as `john doe@x`), so every address it writes
+/// for another program goes through here. An address without `@` (the
+/// null reverse-path, `postmaster`) is returned as it is.
+pub fn smtp_path(address: &str) -> Cow<'_, str> {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !is_dot_string(local) => {
+            Cow::Owned(format!("{}@{domain}", quote_local(local)))
+        }
+        _ => Cow::Borrowed(address),
+    }
+}
+
+/// RFC 5321 4.1.2 Dot-string: atoms of atext separated by single dots;
+/// with SMTPUTF8, atext also takes any non-ASCII character (RFC 6531 3.3).
+fn is_dot_string(local: &str) -> bool {
+    local.split('.').all(|atom| {
+        !atom.is_empty()
+            && atom.chars().all(|c| {
+                c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+            })
+    })
+}
+
+/// RFC 5321 4.1.2 Quoted-string: `"` and `\` escaped with a backslash
+/// (quoted-pairSMTP), everything else as it is (qtextSMTP, and non-ASCII
+/// with SMTPUTF8). Control characters never get this far: `Address::parse`
+/// refuses them.
+fn quote_local(local: &str) -> String {
+    let mut q = String::with_capacity(local.len() + 2);
+    q.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
 /// A host name (RFC 5321 4.1.2 Domain) or an address literal `[...]`.
 fn is_domain(d: &str) -> bool {
     if d.starts_with('[') {
@@ -118,6 +162,25 @@ mod tests {
         assert_eq!(Address::parse("a@b..c"), Err(AddressError::BadDomain));
         assert_eq!(Address::parse("a\r\n@b.c"), Err(AddressError::ControlChar));
         assert_eq!(Address::parse("a\0@b.c"), Err(AddressError::ControlChar));
+    }
+
+    #[test]
+    fn paths_quote_local_parts_that_are_not_dot_strings() {
+        for (stored, path) in [
+            ("joe.user@x.test", "joe.user@x.test"),
+            ("a%b!c@x.test", "a%b!c@x.test"),
+            ("jörg@x.test", "jörg@x.test"),
+            ("john doe@x.test", "\"john doe\"@x.test"),
+            ("a@b@x.test", "\"a@b\"@x.test"),
+            ("a..b@x.test", "\"a..b\"@x.test"),
+            (".a@x.test", "\".a\"@x.test"),
+            ("say \"hi\"@x.test", "\"say \\\"hi\\\"\"@x.test"),
+            ("back\\slash@x.test", "\"back\\\\slash\"@x.test"),
+            ("", ""),
+            ("postmaster", "postmaster"),
+        ] {
+            assert_eq!(smtp_path(stored), path, "{stored}");
+        }
     }
 
     #[test]

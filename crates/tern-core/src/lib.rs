@@ -8,7 +8,7 @@ pub mod message;
 pub mod metrics;
 pub mod retry;
 
-pub use address::{Address, AddressError};
+pub use address::{smtp_path, Address, AddressError};
 pub use config::{Config, ConfigError, ListenerMode, TlsPolicy};
 pub use event::BounceClass;
 pub use id::MessageId;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 
-use tern_core::Address;
+use tern_core::{smtp_path, Address};
 
 use crate::Body;
 
@@ -81,7 +81,11 @@ impl Maildir {
                 .create_new(true)
                 .open(&tmp)
                 .await?;
-            let head = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
+            let head = format!(
+                "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+                smtp_path(sender),
+                smtp_path(&rcpt.to_string())
+            );
             f.write_all(head.as_bytes()).await?;
             let mut i = 0;
             while let Some(chunk) = body.chunk(i).await? {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use tern_core::MessageId;
+use tern_core::{smtp_path, MessageId};
 
 /// One recipient for the report.
 pub struct ReportedRecipient<'a> {
@@ -58,11 +58,12 @@ pub fn build_dsn(
             "delayed",
         ),
     };
+    let to = smtp_path(sender);
     let mut m = String::new();
     let _ = write!(
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
-         To: <{sender}>\r\n\
+         To: <{to}>\r\n\
          Subject: {subject}\r\n\
          Date: {now}\r\n\
          Message-ID: <{id}.{action}@{hostname}>\r\n\
@@ -81,7 +82,7 @@ pub fn build_dsn(
          \r\n"
     );
     for r in recipients {
-        let _ = write!(m, "<{}>: {}\r\n", r.address, one_line(r.reason));
+        let _ = write!(m, "<{}>: {}\r\n", smtp_path(r.address), one_line(r.reason));
     }
     let _ = write!(
         m,
@@ -103,7 +104,7 @@ pub fn build_dsn(
             "\r\nFinal-Recipient: rfc822; {}\r\n\
              Action: {action}\r\n\
              Status: {status}\r\n",
-            r.address,
+            smtp_path(r.address),
         );
         // RFC 3464 2.3.6: the remote reply, when there was one.
         if reason.len() > 3 && reason.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
@@ -218,5 +219,31 @@ mod tests {
             "5.4.7"
         );
         assert_eq!(status_code("no code here"), "5.0.0");
+    }
+
+    #[test]
+    fn addresses_are_quoted_where_their_local_part_needs_it() {
+        let dsn = build_dsn(
+            "mx.test",
+            MessageId::generate(),
+            "mary smith@example.com",
+            0,
+            Report::Failed,
+            &[ReportedRecipient {
+                address: "john doe@remote.test",
+                reason: "550 5.1.1 no such user",
+            }],
+            b"Subject: hello\r\n\r\nx\r\n",
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(
+            text.contains("To: <\"mary smith\"@example.com>\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("<\"john doe\"@remote.test>: 550"), "{text}");
+        assert!(
+            text.contains("Final-Recipient: rfc822; \"john doe\"@remote.test\r\n"),
+            "{text}"
+        );
     }
 }

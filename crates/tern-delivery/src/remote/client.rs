@@ -16,6 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::server_name;
 use crate::Attempt;
+use tern_core::smtp_path;
 
 /// Longest reply line read, and most lines in one reply.
 const MAX_REPLY_LINE: usize = 4096;
@@ -339,7 +340,8 @@ impl SmtpClient {
         mail: &Mail<'_>,
         results: &mut [Option<Attempt>],
     ) -> Result<bool, ClientError> {
-        let mut mail_cmd = format!("MAIL FROM:<{}>", mail.sender);
+        // Local parts are stored unquoted: quoted again where they must be.
+        let mut mail_cmd = format!("MAIL FROM:<{}>", smtp_path(mail.sender));
         if self.ext.size.is_some() {
             mail_cmd.push_str(&format!(" SIZE={}", mail.body.size()));
         }
@@ -355,7 +357,7 @@ impl SmtpClient {
         let rcpt_cmds: Vec<String> = mail
             .recipients
             .iter()
-            .map(|r| format!("RCPT TO:<{r}>"))
+            .map(|r| format!("RCPT TO:<{}>", smtp_path(r)))
             .collect();
 
         let (mail_reply, rcpt_replies, data_reply) = if self.ext.pipelining {
