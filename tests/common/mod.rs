@@ -177,9 +177,17 @@ impl TestServer {
     }
 
     /// Files in the spool (bodies of messages not yet final).
+    /// Message bodies in the spool (`.free/`, released files kept for
+    /// reuse, is not one).
     pub fn spool_files(&self) -> usize {
         std::fs::read_dir(self.config.data_dir.join("spool"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                })
+                .count()
+            })
             .unwrap_or(0)
     }
 

@@ -184,9 +184,10 @@ impl Spool {
                         .push((name, len));
                     Ok(())
                 }
-                Err(e) => {
+                // `.free/` gone (removed by hand, say): delete instead.
+                Err(_) => {
                     self.free.lock().expect("not poisoned").bytes -= len;
-                    Err(e)
+                    fs::remove_file(&path)
                 }
             },
             None => fs::remove_file(&path),
@@ -253,6 +254,19 @@ mod tests {
         spool.write(c, &[b'c'; 9000]).unwrap();
         assert_eq!(body(c, &spool), vec![b'c'; 9000]);
         assert_eq!(spool.list().unwrap(), vec![c]);
+    }
+
+    #[test]
+    fn without_its_free_directory_a_released_body_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let id = MessageId::generate();
+        spool.write(id, b"x").unwrap();
+        fs::remove_dir(dir.path().join("spool").join(".free")).unwrap();
+        spool.recycle(id);
+        assert!(!spool.path(id).exists());
+        assert_eq!(spool.free.lock().unwrap().bytes, 0);
+        assert!(spool.free.lock().unwrap().files.is_empty());
     }
 
     #[test]
