@@ -178,6 +178,9 @@ async fn session(mut s: TcpStream, counter: Arc<Counter>, final_reply: &'static 
     }
 }
 
+/// The sink shares the machine with the server it measures: it looks for
+/// line and message ends with memchr's vectorised search, not a byte at a
+/// time.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
