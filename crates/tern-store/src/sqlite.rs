@@ -407,9 +407,13 @@ async fn insert_messages(tx: &mut sqlx::SqliteConnection, batch: &[Commit]) -> R
         .map(|(c, id)| (id.as_str(), c.msg.body.as_slice()))
         .collect();
 
+    // All of it goes as one run of statements: one hand-off to SQLite's
+    // thread instead of one per statement (sqlx binds each statement's
+    // marks from where the previous one's ended).
     let messages: Vec<(&Commit, &String)> = batch.iter().zip(&ids).collect();
+    let mut q = QueryBuilder::<Sqlite>::new("");
     for part in messages.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        q.push(
             "INSERT INTO messages (id, sender, created_at, size, auth_user, subject, tags, metadata) ",
         );
         q.push_values(part, |mut b, (c, id)| {
@@ -423,17 +427,17 @@ async fn insert_messages(tx: &mut sqlx::SqliteConnection, batch: &[Commit]) -> R
                 .push_bind(m.info.tags_json())
                 .push_bind(m.info.metadata_json());
         });
-        q.build().execute(&mut *tx).await?;
+        q.push(";\n");
     }
     for part in bodies.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO bodies (message_id, data) ");
+        q.push("INSERT INTO bodies (message_id, data) ");
         q.push_values(part, |mut b, (id, data)| {
             b.push_bind(*id).push_bind(*data);
         });
-        q.build().execute(&mut *tx).await?;
+        q.push(";\n");
     }
     for part in recipients.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        q.push(
             "INSERT INTO recipients (message_id, idx, address, domain, status, detail, attempts, next_attempt) ",
         );
         q.push_values(part, |mut b, r| {
@@ -450,9 +454,10 @@ async fn insert_messages(tx: &mut sqlx::SqliteConnection, batch: &[Commit]) -> R
                 .push("0")
                 .push_bind(r.at);
         });
-        q.build().execute(&mut *tx).await?;
+        q.push(";\n");
     }
-    insert_events(&mut *tx, &events).await?;
+    push_events(&mut q, &events);
+    q.build().execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -578,50 +583,48 @@ async fn record_in(
             at: row.result.at,
         })
         .collect();
-    insert_events(&mut *tx, &events).await?;
-    for row in taken.iter().filter(|row| row.result.outcome.suppresses()) {
-        sqlx::query(
-            "INSERT INTO suppressions (address, reason, source, created_at) VALUES (?, ?, 'bounce', ?)
-             ON CONFLICT (address) DO NOTHING",
-        )
-        .bind(row.result.address.to_lowercase())
-        .bind(row.status.detail())
-        .bind(row.result.at)
-        .execute(&mut *tx)
-        .await?;
-    }
-    // Which of these messages have nothing left to deliver.
+    // Which of these messages have nothing left to deliver, and the
+    // inline bodies of those: one run of statements with the events and
+    // suppressions, one hand-off to SQLite's thread. An inline body goes
+    // in this transaction: it and the final state survive a power loss
+    // together or not at all. The others are files.
     let mut ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
     ids.sort();
     ids.dedup();
-    let mut pending = std::collections::HashSet::new();
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    push_events(&mut q, &events);
+    for row in taken.iter().filter(|row| row.result.outcome.suppresses()) {
+        q.push("INSERT INTO suppressions (address, reason, source, created_at) VALUES (")
+            .push_bind(row.result.address.to_lowercase())
+            .push(", ")
+            .push_bind(row.status.detail())
+            .push(", 'bounce', ")
+            .push_bind(row.result.at)
+            .push(") ON CONFLICT (address) DO NOTHING;\n");
+    }
     for part in ids.chunks(ROWS) {
-        let mut q = in_list(
-            "SELECT DISTINCT message_id FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN ",
-            part.iter().copied(),
-            "",
+        q.push("SELECT DISTINCT message_id AS pending FROM recipients WHERE status IN ('queued', 'deferred') AND message_id IN ");
+        push_list(&mut q, part.iter().copied());
+        q.push(";\nDELETE FROM bodies WHERE message_id IN ");
+        push_list(&mut q, part.iter().copied());
+        q.push(
+            " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = bodies.message_id
+                 AND r.status IN ('queued', 'deferred'))
+             RETURNING message_id AS inline;\n",
         );
-        for r in q.build().fetch_all(&mut *tx).await? {
-            pending.insert(r.get::<String, _>("message_id"));
-        }
+    }
+    let mut pending = std::collections::HashSet::new();
+    let mut inline = std::collections::HashSet::new();
+    for r in q.build().fetch_all(&mut *tx).await? {
+        match r.try_get::<String, _>("pending") {
+            Ok(id) => pending.insert(id),
+            Err(_) => inline.insert(r.get::<String, _>("inline")),
+        };
     }
     let done: Vec<&str> = ids
         .into_iter()
         .filter(|id| !pending.contains(*id))
         .collect();
-    // An inline body goes in this transaction: it and the final state
-    // survive a power loss together or not at all. The others are files.
-    let mut inline = std::collections::HashSet::new();
-    for part in done.chunks(ROWS) {
-        let mut q = in_list(
-            "DELETE FROM bodies WHERE message_id IN ",
-            part.iter().copied(),
-            " RETURNING message_id",
-        );
-        for r in q.build().fetch_all(&mut *tx).await? {
-            inline.insert(r.get::<String, _>("message_id"));
-        }
-    }
     Ok(Finished {
         all: done.iter().filter_map(|id| id.parse().ok()).collect(),
         spooled: done
@@ -682,13 +685,19 @@ fn in_list<'a>(
     tail: &str,
 ) -> QueryBuilder<'a, Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new(head);
+    push_list(&mut q, values);
+    q.push(tail);
+    q
+}
+
+/// `(?, ?, ...)` with `values` bound to the marks.
+fn push_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, values: impl IntoIterator<Item = &'a str>) {
     q.push("(");
     let mut list = q.separated(", ");
     for v in values {
         list.push_bind(v);
     }
-    q.push(")").push(tail);
-    q
+    q.push(")");
 }
 
 /// Rows per multi-row statement: SQLite takes up to 32766 bound values
@@ -728,10 +737,19 @@ struct EventRow<'a> {
 
 /// Inserts events with as few statements as the bound-value limit allows.
 async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[EventRow<'_>]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    push_events(&mut q, events);
+    q.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Appends the statements that insert `events` to a run of statements.
+fn push_events<'a>(q: &mut QueryBuilder<'a, Sqlite>, events: &[EventRow<'a>]) {
     for part in events.chunks(ROWS) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (message_id, recipient, kind, detail, data, at) ",
-        );
+        q.push("INSERT INTO events (message_id, recipient, kind, detail, data, at) ");
         q.push_values(part, |mut b, e| {
             b.push_bind(e.message_id)
                 .push_bind(e.recipient)
@@ -740,9 +758,8 @@ async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[EventRow<'_>])
                 .push_bind(e.data)
                 .push_bind(e.at);
         });
-        q.build().execute(&mut *tx).await?;
+        q.push(";\n");
     }
-    Ok(())
 }
 
 #[async_trait]
