@@ -57,8 +57,12 @@ impl Spool {
             let name = entry.file_name().to_str().and_then(|n| n.parse().ok());
             let Ok(meta) = entry.metadata() else { continue };
             let len = meta.len();
+            // A file with another name too is never reused: a file system
+            // without a journal can lose half of a rename in a power
+            // failure, leaving a body both in `.free/` and under its id.
+            let single = std::os::unix::fs::MetadataExt::nlink(&meta) == 1;
             match name {
-                Some(n) if free.bytes + len <= FREE_BUDGET && len <= FREE_MAX_FILE => {
+                Some(n) if single && free.bytes + len <= FREE_BUDGET && len <= FREE_MAX_FILE => {
                     free.files.push((n, len));
                     free.bytes += len;
                     free.next_name = free.next_name.max(n + 1);
@@ -123,8 +127,17 @@ impl Spool {
         result
     }
 
-    /// Makes the names of files written so far durable (one fsync for a batch).
+    /// Makes the names of files written so far durable (one fsync for a
+    /// batch). `.free/` first: a body renamed out of it must not come back
+    /// there after a power failure, to be written over while its message
+    /// is queued.
     pub fn sync_dir(&self) -> std::io::Result<()> {
+        match File::open(self.dir.join(".free")) {
+            Ok(free) => free.sync_all()?,
+            // Removed by hand: then nothing is recycled (see `recycle`).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         File::open(&self.dir)?.sync_all()
     }
 
@@ -267,6 +280,22 @@ mod tests {
         assert!(!spool.path(id).exists());
         assert_eq!(spool.free.lock().unwrap().bytes, 0);
         assert!(spool.free.lock().unwrap().files.is_empty());
+    }
+
+    #[test]
+    fn a_free_file_with_a_second_name_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let spool = Spool::open(spool_dir.clone()).unwrap();
+        let id = MessageId::generate();
+        spool.write(id, b"queued body").unwrap();
+        // As a lost half of a rename would leave it.
+        fs::hard_link(spool.path(id), spool_dir.join(".free").join("7")).unwrap();
+        let reopened = Spool::open(spool_dir.clone()).unwrap();
+        assert!(reopened.free.lock().unwrap().files.is_empty());
+        assert!(!spool_dir.join(".free").join("7").exists());
+        reopened.write(MessageId::generate(), b"other").unwrap();
+        assert_eq!(body(id, &reopened), b"queued body");
     }
 
     #[test]
