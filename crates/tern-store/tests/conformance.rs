@@ -994,4 +994,20 @@ async fn sqlite_keeps_small_bodies_inline_and_large_ones_spooled() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(spool_files(), 0);
+
+    // The released file is kept for the next large body, which is written
+    // over it: nothing of the old body is left.
+    let free = || {
+        std::fs::read_dir(dir.path().join("spool").join(".free"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(free(), 1);
+    let mut next = message(&["c@x.test"], 200);
+    next.body = vec![b'y'; 3000];
+    let next_id = next.id;
+    store.commit_message(next).await.unwrap();
+    assert_eq!(free(), 0, "reused");
+    assert_eq!(spool_files(), 1);
+    assert_eq!(store.read_body(next_id).await.unwrap(), vec![b'y'; 3000]);
 }
