@@ -3,6 +3,7 @@
 //! (RFC 7489) with alignment, summed up in one Authentication-Results header
 //! (RFC 8601). All of it through `mail-auth`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -174,31 +175,34 @@ impl InboundChecker {
 /// fields that claim to come from it (authserv-id `hostname`, RFC 8601 5)
 /// and its own quarantine mark. Any already present were forged. Fields
 /// of other authserv-ids stay.
-pub fn strip_own_results(message: &[u8], hostname: &str) -> Vec<u8> {
+///
+/// Borrows the message as it is when there is nothing to remove (the
+/// usual case): no copy of the whole message just to look at its header.
+pub fn strip_own_results<'a>(message: &'a [u8], hostname: &str) -> Cow<'a, [u8]> {
     let header_end = find_header_end(message);
     let (head, body) = message.split_at(header_end);
-    let mut out = Vec::with_capacity(message.len());
-    // Whole fields: the first line and its folded continuation lines.
-    let mut field: Vec<u8> = Vec::new();
+    // Whole fields (the first line and its folded continuation lines), as
+    // ranges of `head`.
+    let mut fields: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut at = 0;
     for line in head.split_inclusive(|b| *b == b'\n') {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation && !field.is_empty() {
-            keep_unless_own(&field, hostname, &mut out);
-            field.clear();
+        match fields.last_mut() {
+            Some(field) if continuation => field.end = at + line.len(),
+            _ => fields.push(at..at + line.len()),
         }
-        field.extend_from_slice(line);
+        at += line.len();
     }
-    if !field.is_empty() {
-        keep_unless_own(&field, hostname, &mut out);
+    let own = |r: &std::ops::Range<usize>| is_own_field(&head[r.clone()], hostname);
+    if !fields.iter().any(own) {
+        return Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len());
+    for field in fields.iter().filter(|r| !own(r)) {
+        out.extend_from_slice(&head[field.clone()]);
     }
     out.extend_from_slice(body);
-    out
-}
-
-fn keep_unless_own(field: &[u8], hostname: &str, out: &mut Vec<u8>) {
-    if !is_own_field(field, hostname) {
-        out.extend_from_slice(field);
-    }
+    Cow::Owned(out)
 }
 
 fn is_own_field(field: &[u8], hostname: &str) -> bool {
@@ -234,9 +238,7 @@ fn find_header_end(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {
         return 0;
     }
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
+    memchr::memmem::find(message, b"\r\n\r\n")
         .map(|p| p + 2)
         .unwrap_or(message.len())
 }
@@ -248,10 +250,22 @@ mod tests {
     #[test]
     fn strips_only_our_own_results() {
         let m = b"Authentication-Results: mx.example.test; spf=pass\r\n\tsmtp.mailfrom=x\r\nAuthentication-Results:\r\n  (comment) mx.example.test; dkim=pass\r\nX-Tern-Quarantine: no\r\nAuthentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n";
-        let out = String::from_utf8(strip_own_results(m, "MX.example.test")).unwrap();
+        let out = String::from_utf8(strip_own_results(m, "MX.example.test").into_owned()).unwrap();
         assert_eq!(
             out,
             "Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n"
+        );
+    }
+
+    #[test]
+    fn a_message_with_nothing_to_strip_is_not_copied() {
+        let m = b" folded first\r\nAuthentication-Results: other.example; spf=pass\r\nSubject: hi\r\n\r\nbody\r\n";
+        assert!(matches!(strip_own_results(m, "mx.example.test"), Cow::Borrowed(b) if b == m));
+        // No header/body separator at all: the whole message is header.
+        let m = b"Subject: hi\r\nAuthentication-Results: mx.example.test; x";
+        assert_eq!(
+            &*strip_own_results(m, "mx.example.test"),
+            b"Subject: hi\r\n"
         );
     }
 }
