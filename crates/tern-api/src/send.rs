@@ -386,7 +386,7 @@ async fn queue(
     let user = format!("key:{}", key.name);
     let queued = ctx
         .queue
-        .submit(id, envelope, message, Some(user), info)
+        .submit(id, envelope, message.into(), Some(user), info)
         .await?;
     tracing::info!(%id, key = %key.name, rcpts = addresses.len(), "queued from the API");
     let recipients = addresses

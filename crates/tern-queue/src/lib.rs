@@ -7,7 +7,7 @@ mod scheduler;
 use std::sync::Arc;
 
 use tern_core::{Envelope, MessageId};
-use tern_store::{MessageInfo, NewMessage, Store, StoreError};
+use tern_store::{MessageBody, MessageInfo, NewMessage, Store, StoreError};
 use tokio::sync::Notify;
 
 pub use dsn::{build_dsn, Report, ReportedRecipient};
@@ -72,7 +72,7 @@ impl Queue {
             subject: subject_of(&body),
             ..MessageInfo::default()
         };
-        self.submit(id, envelope, body, auth_user, info)
+        self.submit(id, envelope, body.into(), auth_user, info)
             .await
             .map(|q| q.id)
     }
@@ -84,7 +84,7 @@ impl Queue {
         &self,
         id: MessageId,
         envelope: Envelope,
-        body: Vec<u8>,
+        body: MessageBody,
         auth_user: Option<String>,
         info: MessageInfo,
     ) -> Result<Queued, StoreError> {

@@ -147,18 +147,25 @@ async fn commit_batch(pool: &PgPool, batch: &mut [Commit]) -> Result<()> {
         // An empty body is one empty piece, so that piece 0 always exists.
         // Suppressed recipients are final at once: with no other, the body
         // is never read.
-        let pieces: Vec<&[u8]> = if m.suppressed.len() >= m.envelope.recipients.len() {
-            Vec::new()
-        } else if m.body.is_empty() {
-            vec![&[]]
+        let pieces = if m.suppressed.len() >= m.envelope.recipients.len() {
+            0
         } else {
-            m.body.chunks(crate::BODY_CHUNK).collect()
+            m.body.len().div_ceil(crate::BODY_CHUNK as u64).max(1)
         };
-        for (seq, chunk) in pieces.into_iter().enumerate() {
+        for seq in 0..pieces {
+            // One piece in memory at a time: a staged body is read from
+            // its file as it goes in.
+            let piece = match &m.body {
+                MessageBody::Memory(b) => {
+                    let start = (seq as usize * crate::BODY_CHUNK).min(b.len());
+                    std::borrow::Cow::Borrowed(&b[start..(start + crate::BODY_CHUNK).min(b.len())])
+                }
+                staged => std::borrow::Cow::Owned(staged.piece(seq).await?),
+            };
             sqlx::query("INSERT INTO bodies (message_id, seq, data) VALUES ($1, $2, $3)")
                 .bind(&id)
                 .bind(seq as i32)
-                .bind(chunk)
+                .bind(piece.as_ref())
                 .execute(&mut *tx)
                 .await?;
         }

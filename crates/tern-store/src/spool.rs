@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use tern_core::MessageId;
 
+use crate::MessageBody;
+
 /// Most octets kept in recycled files: enough for the bodies released in
 /// one of the releaser's ticks at a few hundred MB/s, small beside a queue.
 const FREE_BUDGET: u64 = 128 * 1024 * 1024;
@@ -107,6 +109,37 @@ impl Spool {
 
     /// Writes and fsyncs one body. Blocking: call from a blocking thread.
     pub fn write(&self, id: MessageId, body: &[u8]) -> std::io::Result<()> {
+        self.write_with(id, body.len() as u64, |f| f.write_all(body))
+    }
+
+    /// Writes and fsyncs a message body of either kind. A staged body's
+    /// file is copied by the kernel (`copy_file_range`), never through
+    /// memory. Blocking: call from a blocking thread.
+    pub fn write_body(&self, id: MessageId, body: &MessageBody) -> std::io::Result<()> {
+        match body {
+            MessageBody::Memory(b) => self.write(id, b),
+            MessageBody::Staged { head, file } => self.write_with(id, body.len(), |f| {
+                f.write_all(head)?;
+                let mut src = &file.file;
+                std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))?;
+                let copied = std::io::copy(&mut std::io::Read::take(src, file.len), f)?;
+                if copied != file.len {
+                    return Err(std::io::Error::other(format!(
+                        "staged message shrank: {copied} of {} octets",
+                        file.len
+                    )));
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    fn write_with(
+        &self,
+        id: MessageId,
+        len: u64,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let path = self.path(id);
         let result = (|| {
             let mut f = match self.reuse(id) {
@@ -116,9 +149,9 @@ impl Spool {
                     .create_new(true)
                     .open(&path)?,
             };
-            f.write_all(body)?;
+            fill(&mut f)?;
             // A recycled file may be longer than this body.
-            f.set_len(body.len() as u64)?;
+            f.set_len(len)?;
             f.sync_data()
         })();
         if result.is_err() {

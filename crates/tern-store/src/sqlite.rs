@@ -404,7 +404,10 @@ async fn insert_messages(tx: &mut sqlx::SqliteConnection, batch: &[Commit]) -> R
         .iter()
         .zip(&ids)
         .filter(|(c, _)| c.inline && c.msg.suppressed.len() < c.msg.envelope.recipients.len())
-        .map(|(c, id)| (id.as_str(), c.msg.body.as_slice()))
+        .filter_map(|(c, id)| match &c.msg.body {
+            MessageBody::Memory(b) => Some((id.as_str(), b.as_slice())),
+            MessageBody::Staged { .. } => None,
+        })
         .collect();
 
     // All of it goes as one run of statements: one hand-off to SQLite's
@@ -767,7 +770,10 @@ impl Store for SqliteStore {
     async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>> {
         let id = msg.id;
         let recipients = msg.envelope.recipients.len();
-        let inline = msg.body.len() <= self.inline_max;
+        let inline = match &msg.body {
+            MessageBody::Memory(b) => b.len() <= self.inline_max,
+            MessageBody::Staged { .. } => false,
+        };
         let msg = if inline {
             msg
         } else {
@@ -775,7 +781,7 @@ impl Store for SqliteStore {
             // parallel with other sessions'); the row that makes it a
             // message comes in the batch.
             let spool = self.spool.clone();
-            tokio::task::spawn_blocking(move || spool.write(id, &msg.body).map(|_| msg))
+            tokio::task::spawn_blocking(move || spool.write_body(id, &msg.body).map(|_| msg))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??
         };

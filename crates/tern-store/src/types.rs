@@ -3,12 +3,12 @@ use std::collections::BTreeMap;
 use tern_core::{DeliveryStatus, Envelope, MessageId, RecipientState};
 
 /// A message ready to be made durable.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NewMessage {
     pub id: MessageId,
     pub envelope: Envelope,
     /// The complete message as it will be delivered (added headers included).
-    pub body: Vec<u8>,
+    pub body: MessageBody,
     pub created_at: i64,
     pub auth_user: Option<String>,
     /// What the message was sent with, for search and events.
@@ -41,6 +41,80 @@ impl NewMessage {
         }
         self.suppressed.sort_by_key(|(i, _)| *i);
     }
+}
+
+/// A message's octets on their way into the store.
+#[derive(Debug)]
+pub enum MessageBody {
+    /// Held in memory: small messages, bounces, the HTTP API.
+    Memory(Vec<u8>),
+    /// A large message, written to a file as it arrived so that it was
+    /// never held whole in memory: `head` (the header fields Tern adds)
+    /// goes in front of the file's content. The store copies it into place
+    /// without reading it into memory.
+    Staged { head: Vec<u8>, file: StagedFile },
+}
+
+impl MessageBody {
+    /// The message's size in octets.
+    pub fn len(&self) -> u64 {
+        match self {
+            MessageBody::Memory(b) => b.len() as u64,
+            MessageBody::Staged { head, file } => head.len() as u64 + file.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Piece `index` of the message: octets `[index * BODY_CHUNK, (index +
+    /// 1) * BODY_CHUNK)`, clipped to its end (empty past it). A staged
+    /// body's file is read on a blocking thread.
+    pub async fn piece(&self, index: u64) -> std::io::Result<Vec<u8>> {
+        let size = crate::BODY_CHUNK as u64;
+        let end = ((index + 1) * size).min(self.len());
+        let start = (index * size).min(end);
+        match self {
+            MessageBody::Memory(b) => Ok(b[start as usize..end as usize].to_vec()),
+            MessageBody::Staged { head, file } => {
+                let h = head.len() as u64;
+                let mut out = Vec::with_capacity((end - start) as usize);
+                if start < h {
+                    out.extend_from_slice(&head[start as usize..end.min(h) as usize]);
+                }
+                let from = start.max(h);
+                if end > from {
+                    let f = file.file.try_clone()?;
+                    let rest = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut rest = vec![0u8; (end - from) as usize];
+                        f.read_exact_at(&mut rest, from - h).map(|_| rest)
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                    out.extend_from_slice(&rest);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for MessageBody {
+    fn from(b: Vec<u8>) -> MessageBody {
+        MessageBody::Memory(b)
+    }
+}
+
+/// A message received into a file (see `MessageBody::Staged`). The file
+/// has no name: it goes away with its last handle, so a transaction that
+/// fails, or a crash, leaves nothing behind to clean up.
+#[derive(Debug)]
+pub struct StagedFile {
+    pub file: std::fs::File,
+    /// The octets of the message in the file.
+    pub len: u64,
 }
 
 /// What a sender labelled a message with, plus its subject for search.
