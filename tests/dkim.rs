@@ -164,6 +164,36 @@ async fn a_mime_message_with_attachments_verifies() {
     assert_eq!(dkimpy_verify(&got[0].data, &records), [true]);
 }
 
+/// A message too large to hold in memory (received into a file) is signed
+/// without being joined to the header fields Tern adds in front of it
+/// (trace, Message-ID, Date): the signatures still cover all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_received_into_a_file_verifies() {
+    let (t, fake, records, _dns) = setup(&[Algorithm::Rsa2048, Algorithm::Ed25519]).await;
+    let mut body = String::from(
+        "From: Alice <alice@sender.test>\r\nTo: rcpt@remote.test\r\nSubject: big\r\n\r\n",
+    );
+    let mut n = 0;
+    while body.len() < 3 << 20 {
+        n += 1;
+        body.push_str(&format!(
+            "{n:08} the quick brown fox jumps over the lazy dog\r\n"
+        ));
+    }
+    let r = submit(&t, "alice@sender.test", &body).await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let got = fake.wait_received(1, 30).await;
+    let data = &got[0].data;
+    assert!(
+        data.ends_with(body.as_bytes()),
+        "the message follows intact"
+    );
+    let head = String::from_utf8_lossy(&data[..data.len() - body.len()]);
+    assert!(head.contains("Message-ID: <"), "{head}");
+    assert!(head.contains("\r\nDate: "), "{head}");
+    assert_eq!(dkimpy_verify(data, &records), [true, true]);
+}
+
 /// POSTs `body` to the API path with a send key; the answer's JSON.
 async fn api_send(
     t: &TestServer,

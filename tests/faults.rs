@@ -19,7 +19,10 @@ struct SmallDisk(PathBuf);
 
 impl SmallDisk {
     fn mount(mib: u32) -> Option<SmallDisk> {
-        let dir = std::env::temp_dir().join(format!("tern-disk-{}-{mib}", std::process::id()));
+        // One mount per test, however many run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tern-disk-{}-{n}-{mib}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -148,6 +151,46 @@ async fn full_disk_answers_452_at_mail_and_451_in_data_then_recovers() {
         .await;
     assert_eq!(r.code, 250, "{:?}", r.lines);
     t.wait_mailbox(DOMAIN, "alice", 2).await;
+    t.stop().await;
+}
+
+/// The disk fills while a large message is being written to its file:
+/// the rest of the data is read and dropped, the client hears 451 4.3.1
+/// (try again), the space comes back at once (the file has no name), and
+/// the same session sends the message once there is room.
+#[tokio::test]
+async fn full_disk_while_receiving_a_large_message_answers_451_and_frees_the_file() {
+    let Some(disk) = SmallDisk::mount(8) else {
+        return;
+    };
+    let data = disk.path().join("data");
+    let t = TestServer::start_with(move |c| {
+        c.data_dir = data;
+        c.limits.min_free_space = 0;
+    })
+    .await;
+    let line = format!("{}\r\n", "z".repeat(76));
+    let big = format!(
+        "Subject: larger than the room left\r\n\r\n{}",
+        line.repeat(40_000)
+    );
+    let filler = disk.fill(3 << 19);
+    let free_before = free_bytes(disk.path());
+    let mut c = session(&t).await;
+    let r = c
+        .mail("bob@remote.test", &["alice@example.test"], &big)
+        .await;
+    assert!(r.lines[0].starts_with("451 4.3.1"), "{:?}", r.lines);
+    assert_eq!(t.queued().await, 0, "nothing half-written is queued");
+    eventually(5, || free_bytes(disk.path()) + 64 * 1024 >= free_before).await;
+    std::fs::remove_file(&filler).unwrap();
+    let r = c
+        .mail("bob@remote.test", &["alice@example.test"], &big)
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    assert!(msgs[0].ends_with(big.as_bytes()));
+    let mut t = t;
     t.stop().await;
 }
 

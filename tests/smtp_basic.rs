@@ -202,3 +202,109 @@ async fn second_server_on_the_same_data_dir_is_refused() {
     let err = tern::Server::start(config).await.err().expect("refused");
     assert!(format!("{err:#}").contains("in use by another"), "{err:#}");
 }
+
+/// A message of `size` octets or a little more: a header, then lines of
+/// which some start with a dot (stuffed in DATA, kept as they are in BDAT).
+fn large_message(subject: &str, size: usize) -> String {
+    let mut m = format!("Subject: {subject}\r\nFrom: bob@remote.test\r\n\r\n");
+    let mut n = 0u32;
+    while m.len() < size {
+        n += 1;
+        if n.is_multiple_of(7) {
+            m.push_str(&format!(".line {n} starts with a dot\r\n"));
+        } else {
+            m.push_str(&format!(
+                "line {n} of a message too large to hold in memory\r\n"
+            ));
+        }
+    }
+    m
+}
+
+fn received_to_file() -> u64 {
+    tern_core::metrics::METRICS
+        .messages_received_to_file
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Messages larger than what a session holds in memory (1 MiB) are written
+/// to a file as they arrive, and still come out byte for byte: through
+/// DATA, dot-stuffed, and through BDAT in chunks that split lines. The
+/// file has no name, so nothing is left in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_are_received_into_a_file_and_delivered_intact() {
+    let t = TestServer::start().await;
+    let before = received_to_file();
+    let by_data = large_message("by DATA", 3 << 20);
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            &by_data.replace("\r\n.", "\r\n.."),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+
+    let by_bdat = large_message("by BDAT", (5 << 20) / 2);
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    let chunks: Vec<&[u8]> = by_bdat.as_bytes().chunks(700_001).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        c.send(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
+            .await;
+        c.send(chunk).await;
+        c.expect("250 2.0.0").await;
+    }
+    assert!(received_to_file() >= before + 2, "both went to a file");
+
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 2).await;
+    for (sent, subject) in [(&by_data, "by DATA"), (&by_bdat, "by BDAT")] {
+        let got = msgs
+            .iter()
+            .find(|m| memchr::memmem::find(m, format!("Subject: {subject}").as_bytes()).is_some())
+            .expect("delivered");
+        assert!(got.ends_with(sent.as_bytes()), "{subject}: body intact");
+        let head = String::from_utf8_lossy(&got[..got.len() - sent.len()]);
+        assert!(head.contains("Received: from"), "{subject}: {head}");
+    }
+    t.wait_queue_empty().await;
+    eventually(10, || t.spool_files() == 0).await;
+    let left: Vec<String> = std::fs::read_dir(&t.config.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "no staging files left: {left:?}");
+}
+
+/// Over the size limit while being written to a file: refused with 552,
+/// the rest of the data swallowed, and the session goes on.
+#[tokio::test]
+async fn a_large_message_over_the_limit_is_refused_and_the_session_goes_on() {
+    let t = TestServer::start_with(|c| c.limits.max_message_size = 2 << 20).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    let big = large_message("over the limit", 3 << 20);
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            &big.replace("\r\n.", "\r\n.."),
+        )
+        .await;
+    assert!(r.lines[0].starts_with("552 5.3.4"), "{:?}", r.lines);
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            "Subject: small\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    assert!(msgs[0].ends_with(b"Subject: small\r\n\r\nx\r\n"));
+    assert_eq!(t.queued().await, 0);
+}

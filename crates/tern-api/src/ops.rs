@@ -21,7 +21,7 @@ use crate::Ctx;
 pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let m = &METRICS;
     let mut out = String::new();
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
         (
             "tern_messages_accepted_total",
             "Messages accepted into the queue.",
@@ -46,6 +46,11 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
             "tern_recipients_expired_total",
             "Recipients given up after the retry period.",
             &m.recipients_expired,
+        ),
+        (
+            "tern_messages_received_to_file_total",
+            "Messages too large to hold in memory, received into a file as they arrived.",
+            &m.messages_received_to_file,
         ),
         (
             "tern_recipients_suppressed_total",

@@ -235,13 +235,21 @@ impl Signer {
     /// it), one per active key of the From domain: none when the domain has
     /// no key. Call after every other header change.
     pub async fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
-        let Some(domain) = from_domain(message) else {
+        self.sign_parts(&[], message).await
+    }
+
+    /// As `sign`, for the message `head` followed by `rest`, without
+    /// joining them (a large message is not copied in memory). The From
+    /// field must be in `rest`: `head` is header fields Tern adds, which
+    /// never include one.
+    pub async fn sign_parts(&self, head: &[u8], rest: &[u8]) -> Result<String, DkimError> {
+        let Some(domain) = from_domain(rest) else {
             return Ok(String::new());
         };
         let keys = self.store.dkim_keys(Some(&domain)).await?;
         let mut headers = String::new();
         for key in keys.iter().filter(|k| k.active) {
-            headers.push_str(&sign_with(key, message)?);
+            headers.push_str(&sign_parts_with(key, &[head, rest])?);
         }
         Ok(headers)
     }
@@ -249,6 +257,12 @@ impl Signer {
 
 /// One `DKIM-Signature` header field for `message` with `key`.
 pub fn sign_with(key: &DkimKeyRecord, message: &[u8]) -> Result<String, DkimError> {
+    sign_parts_with(key, &[message])
+}
+
+/// One `DKIM-Signature` header field for the message made of `parts`, in
+/// order, with `key`.
+pub fn sign_parts_with(key: &DkimKeyRecord, parts: &[&[u8]]) -> Result<String, DkimError> {
     let bad = |why: String| DkimError::BadKey {
         domain: key.domain.clone(),
         selector: key.selector.clone(),
@@ -263,7 +277,7 @@ pub fn sign_with(key: &DkimKeyRecord, message: &[u8]) -> Result<String, DkimErro
             .domain(&key.domain)
             .selector(&key.selector)
             .headers(SIGNED_HEADERS.iter().copied())
-            .sign(message)
+            .sign_chained(parts.iter().copied().filter(|p| !p.is_empty()))
     } else {
         let k = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(
             der.as_slice(),
@@ -273,7 +287,7 @@ pub fn sign_with(key: &DkimKeyRecord, message: &[u8]) -> Result<String, DkimErro
             .domain(&key.domain)
             .selector(&key.selector)
             .headers(SIGNED_HEADERS.iter().copied())
-            .sign(message)
+            .sign_chained(parts.iter().copied().filter(|p| !p.is_empty()))
     };
     Ok(signature
         .map_err(|e| DkimError::Sign(e.to_string()))?

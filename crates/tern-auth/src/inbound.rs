@@ -179,8 +179,23 @@ impl InboundChecker {
 /// Borrows the message as it is when there is nothing to remove (the
 /// usual case): no copy of the whole message just to look at its header.
 pub fn strip_own_results<'a>(message: &'a [u8], hostname: &str) -> Cow<'a, [u8]> {
+    match own_results_stripped(message, hostname) {
+        None => Cow::Borrowed(message),
+        Some((mut head, body_start)) => {
+            head.reserve(message.len() - body_start);
+            head.extend_from_slice(&message[body_start..]);
+            Cow::Owned(head)
+        }
+    }
+}
+
+/// What `strip_own_results` changes, without copying the rest: the header
+/// section as it should be, and where in `message` what follows it starts.
+/// `None` when there is nothing to remove. For a message too large to copy
+/// in memory.
+pub fn own_results_stripped(message: &[u8], hostname: &str) -> Option<(Vec<u8>, usize)> {
     let header_end = find_header_end(message);
-    let (head, body) = message.split_at(header_end);
+    let head = &message[..header_end];
     // Whole fields (the first line and its folded continuation lines), as
     // ranges of `head`.
     let mut fields: Vec<std::ops::Range<usize>> = Vec::new();
@@ -195,14 +210,13 @@ pub fn strip_own_results<'a>(message: &'a [u8], hostname: &str) -> Cow<'a, [u8]>
     }
     let own = |r: &std::ops::Range<usize>| is_own_field(&head[r.clone()], hostname);
     if !fields.iter().any(own) {
-        return Cow::Borrowed(message);
+        return None;
     }
-    let mut out = Vec::with_capacity(message.len());
+    let mut out = Vec::with_capacity(header_end);
     for field in fields.iter().filter(|r| !own(r)) {
         out.extend_from_slice(&head[field.clone()]);
     }
-    out.extend_from_slice(body);
-    Cow::Owned(out)
+    Some((out, header_end))
 }
 
 fn is_own_field(field: &[u8], hostname: &str) -> bool {

@@ -9,6 +9,8 @@ pub const LATENCY_BUCKETS: &[u64] = &[1, 5, 15, 60, 300, 900, 3600, 14400, 86400
 
 pub struct Metrics {
     pub messages_accepted: AtomicU64,
+    /// Messages received into a file instead of memory (large ones).
+    pub messages_received_to_file: AtomicU64,
     pub recipients_delivered: AtomicU64,
     pub recipients_deferred: AtomicU64,
     pub recipients_bounced: AtomicU64,
@@ -25,6 +27,7 @@ pub struct Metrics {
 
 pub static METRICS: Metrics = Metrics {
     messages_accepted: AtomicU64::new(0),
+    messages_received_to_file: AtomicU64::new(0),
     recipients_delivered: AtomicU64::new(0),
     recipients_deferred: AtomicU64::new(0),
     recipients_bounced: AtomicU64::new(0),

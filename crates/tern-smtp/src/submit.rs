@@ -87,11 +87,23 @@ impl Submitter {
         trace: &TraceInfo<'_>,
         body: &[u8],
     ) -> Result<Vec<u8>, tern_auth::dkim::DkimError> {
-        let mut message = headers::received(trace).into_bytes();
-        message.extend_from_slice(headers::submission_fixes(body, id, &self.hostname).as_bytes());
+        let mut message = self.seal_head(id, trace, body).await?;
         message.extend_from_slice(body);
-        let signatures = self.signer.sign(&message).await?;
-        message.splice(0..0, signatures.into_bytes());
         Ok(message)
+    }
+
+    /// What `seal` puts in front of `body` (signatures, trace header,
+    /// Message-ID and Date), for a message too large to copy in memory.
+    pub async fn seal_head(
+        &self,
+        id: MessageId,
+        trace: &TraceInfo<'_>,
+        body: &[u8],
+    ) -> Result<Vec<u8>, tern_auth::dkim::DkimError> {
+        let mut head = headers::received(trace).into_bytes();
+        head.extend_from_slice(headers::submission_fixes(body, id, &self.hostname).as_bytes());
+        let signatures = self.signer.sign_parts(&head, body).await?;
+        head.splice(0..0, signatures.into_bytes());
+        Ok(head)
     }
 }

@@ -68,9 +68,9 @@ impl MessageBody {
         self.len() == 0
     }
 
-    /// Piece `index` of the message: octets `[index * BODY_CHUNK, (index +
-    /// 1) * BODY_CHUNK)`, clipped to its end (empty past it). A staged
-    /// body's file is read on a blocking thread.
+    /// Piece `index` of the message, `BODY_CHUNK` octets from `index *
+    /// BODY_CHUNK` on, clipped to its end (empty past it). A staged body's
+    /// file is read on a blocking thread.
     pub async fn piece(&self, index: u64) -> std::io::Result<Vec<u8>> {
         let size = crate::BODY_CHUNK as u64;
         let end = ((index + 1) * size).min(self.len());

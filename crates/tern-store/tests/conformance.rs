@@ -314,7 +314,10 @@ async fn staged_body_round_trips(store: Arc<dyn Store>) {
     store.commit_message(m).await.unwrap();
     let mut expected = head;
     expected.extend_from_slice(&original);
-    assert_eq!(store.body_size(id).await.unwrap(), Some(expected.len() as u64));
+    assert_eq!(
+        store.body_size(id).await.unwrap(),
+        Some(expected.len() as u64)
+    );
     assert_eq!(
         store.get_message(id).await.unwrap().unwrap().size,
         expected.len() as u64
@@ -377,7 +380,7 @@ async fn domains_and_keys(store: Arc<dyn Store>) {
 
 async fn quarantine_sets_a_message_aside(store: Arc<dyn Store>) {
     let m = message(&["a@x.test", "b@y.test"], 100);
-    let (id, size) = (m.id, m.body.len() as u64);
+    let (id, size) = (m.id, m.body.len());
     store.commit_message(m).await.unwrap();
     assert_eq!(store.body_size(id).await.unwrap(), Some(size));
     assert_eq!(store.body_size(MessageId::generate()).await.unwrap(), None);

@@ -3,6 +3,7 @@
 
 use tern_core::{Envelope, MessageId};
 use tern_proto::{ChunkChecker, DataError, DataReader, Reply, ReversePath};
+use tern_store::MessageInfo;
 
 use super::{Session, State, Transaction};
 use crate::headers::{self, TraceInfo};
@@ -74,7 +75,7 @@ impl Session {
         };
         checker.feed(bytes);
         if !checker.too_big() && checker.error().is_none() {
-            tx.body.extend_from_slice(bytes);
+            tx.body.buf().extend_from_slice(bytes);
         }
     }
 
@@ -102,7 +103,7 @@ impl Session {
         };
         if let Some(e) = error {
             tx.failed = true;
-            tx.body = Vec::new();
+            tx.body = Default::default();
             if last {
                 self.tx = None;
             }
@@ -133,12 +134,21 @@ impl Session {
 
     /// Adds the trace and submission headers, then commits. The reply is
     /// 250 only after the queue says the message is durable.
-    async fn accept(&mut self, tx: Transaction) {
+    async fn accept(&mut self, mut tx: Transaction) {
+        let incoming = std::mem::take(&mut tx.body);
+        let mut received = match incoming.finish(&self.ctx.config.data_dir).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
+                self.reply(storage_failure(&e.to_string()));
+                return;
+            }
+        };
         if let Some(user) = self.user.clone() {
             if let Err(refusal) = self
                 .ctx
                 .submit
-                .check_from_header(tern_auth::Sender::User(&user), &tx.body)
+                .check_from_header(tern_auth::Sender::User(&user), received.bytes())
                 .await
             {
                 let reply = refusal_reply(&refusal);
@@ -152,8 +162,19 @@ impl Session {
             }
         }
         // Only this server writes Authentication-Results with its own name.
-        let body = tern_auth::inbound::strip_own_results(&tx.body, &self.ctx.config.hostname);
-        let checks = match self.inbound_checks(&tx, &body).await {
+        let own = &self.ctx.config.hostname;
+        if let Some((head, from)) = tern_auth::inbound::own_results_stripped(received.bytes(), own)
+        {
+            received = match received.replace_head(head, from).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
+                    self.reply(storage_failure(&e.to_string()));
+                    return;
+                }
+            };
+        }
+        let checks = match self.inbound_checks(&tx, received.bytes()).await {
             Ok(headers) => headers,
             Err(reply) => {
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
@@ -186,9 +207,16 @@ impl Session {
                 .then(|| tx.first_rcpt.as_ref().map(|a| a.to_string()))
                 .flatten(),
         };
-        let message = if self.user.is_some() {
-            match self.ctx.submit.seal(id, &trace, &body).await {
-                Ok(message) => message,
+        // What goes in front of the message as received; the message itself
+        // is never copied whole here (a large one stays in its file).
+        let head = if self.user.is_some() {
+            match self
+                .ctx
+                .submit
+                .seal_head(id, &trace, received.bytes())
+                .await
+            {
+                Ok(head) => head,
                 Err(e) => {
                     tracing::error!(peer = %self.peer, error = %e, "cannot DKIM-sign");
                     self.reply(Reply::new(
@@ -200,11 +228,16 @@ impl Session {
                 }
             }
         } else {
-            let mut message = checks.into_bytes();
-            message.extend_from_slice(headers::received(&trace).as_bytes());
-            message.extend_from_slice(&body);
-            message
+            let mut head = checks.into_bytes();
+            head.extend_from_slice(headers::received(&trace).as_bytes());
+            head
         };
+        let info = MessageInfo {
+            subject: tern_queue::subject_of(received.bytes()),
+            ..MessageInfo::default()
+        };
+        let staged = received.is_staged();
+        let message = received.into_body(head);
         let envelope = Envelope {
             sender: match tx.sender {
                 ReversePath::Null => None,
@@ -218,23 +251,29 @@ impl Session {
         match self
             .ctx
             .queue
-            .enqueue_with_id(id, envelope, message, self.user.clone())
+            .submit(id, envelope, message, self.user.clone(), info)
             .await
         {
-            Ok(id) => {
-                tracing::info!(%id, peer = %self.peer, from = ?from, rcpts, size, "queued");
+            Ok(queued) => {
+                let id = queued.id;
+                tracing::info!(%id, peer = %self.peer, from = ?from, rcpts, size, staged, "queued");
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot queue message");
-                let reply = if e.to_string().contains("No space left") {
-                    Reply::new(451, "4.3.1", "Insufficient system storage, try again later")
-                } else {
-                    Reply::new(451, "4.3.0", "Temporary storage failure, try again later")
-                };
-                self.reply(reply);
+                self.reply(storage_failure(&e.to_string()));
             }
         }
+    }
+}
+
+/// The answer when a message cannot be kept: try again later, and say so
+/// when the disk is full (RFC 3463 4.3.1, "mail system full").
+fn storage_failure(error: &str) -> Reply {
+    if error.contains("No space left") {
+        Reply::new(451, "4.3.1", "Insufficient system storage, try again later")
+    } else {
+        Reply::new(451, "4.3.0", "Temporary storage failure, try again later")
     }
 }
 

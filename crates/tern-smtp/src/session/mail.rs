@@ -84,7 +84,7 @@ impl Session {
             recipients: Vec::new(),
             accepted: 0,
             first_rcpt: None,
-            body: Vec::new(),
+            body: Default::default(),
             chunks: None,
             failed: false,
         });

@@ -6,6 +6,7 @@ mod auth;
 mod conn;
 mod data;
 mod ehlo;
+mod incoming;
 mod mail;
 mod rcpt;
 
@@ -55,7 +56,8 @@ pub(crate) struct Transaction {
     pub accepted: usize,
     /// The recipient as given, when there was only one (Received "for").
     pub first_rcpt: Option<Address>,
-    pub body: Vec<u8>,
+    /// The message data so far.
+    pub body: incoming::Incoming,
     /// Present once BDAT was used in this transaction (RFC 3030 2).
     pub chunks: Option<ChunkChecker>,
     /// A BDAT chunk was refused; later chunks are swallowed until RSET.
@@ -284,17 +286,15 @@ impl Session {
     async fn step(&mut self, bytes: &[u8]) -> (Flow, Option<Vec<u8>>) {
         match &mut self.state {
             State::Data(reader) => {
-                let mut tx_body = self
-                    .tx
-                    .as_mut()
-                    .map(|t| std::mem::take(&mut t.body))
-                    .unwrap_or_default();
-                let end = reader.feed(bytes, &mut tx_body);
-                if let Some(t) = self.tx.as_mut() {
-                    t.body = tx_body;
-                }
+                let end = match self.tx.as_mut() {
+                    Some(t) => reader.feed(bytes, t.body.buf()),
+                    None => reader.feed(bytes, &mut Vec::new()),
+                };
                 match end {
-                    None => (Flow::Continue, None),
+                    None => {
+                        self.spill().await;
+                        (Flow::Continue, None)
+                    }
                     Some(consumed) => {
                         let State::Data(reader) =
                             std::mem::replace(&mut self.state, State::Command)
@@ -314,6 +314,7 @@ impl Session {
                 let (done, last) = (*remaining == 0, *last);
                 self.bdat_bytes(&bytes[..take]);
                 if !done {
+                    self.spill().await;
                     return (Flow::Continue, None);
                 }
                 self.state = State::Command;
@@ -345,6 +346,14 @@ impl Session {
                 }
                 (Flow::Continue, None)
             }
+        }
+    }
+
+    /// Moves a large message's data from memory to its file as it comes
+    /// (see `incoming`).
+    async fn spill(&mut self) {
+        if let Some(t) = self.tx.as_mut() {
+            t.body.spill(&self.ctx.config.data_dir).await;
         }
     }
 
