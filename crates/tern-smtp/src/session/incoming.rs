@@ -37,8 +37,14 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
-    /// Where the data reader appends.
+    /// Where the data reader appends (at most `READ_SIZE` octets before
+    /// the next `spill`).
     pub(crate) fn buf(&mut self) -> &mut Vec<u8> {
+        if self.buf.len() >= SPILL_AT / 2 {
+            // Room for one more read, exactly: doubling a buffer about to
+            // be spilled would make every large message's buffer 2 MiB.
+            self.buf.reserve_exact(super::READ_SIZE);
+        }
         &mut self.buf
     }
 
@@ -208,6 +214,10 @@ mod tests {
             incoming.buf().extend_from_slice(piece);
             incoming.spill(dir).await;
             assert!(incoming.buf.len() < SPILL_AT, "at most SPILL_AT in memory");
+            assert!(
+                incoming.buf.capacity() <= SPILL_AT + 64 * 1024,
+                "never doubled"
+            );
         }
         assert_eq!(incoming.len(), m.len() as u64);
         incoming.finish(dir).await.unwrap()

@@ -23,6 +23,10 @@ use tokio::sync::watch;
 use crate::SmtpContext;
 use conn::Conn;
 
+/// The most octets read from a connection at once, so the most that one
+/// step of the session feeds to the data readers.
+pub(crate) const READ_SIZE: usize = 64 * 1024;
+
 /// Bad commands tolerated on one connection before it is closed.
 const MAX_ERRORS: u32 = 20;
 
@@ -132,7 +136,7 @@ impl Session {
         }
         let greeting = format!("220 {} ESMTP Tern\r\n", self.ctx.config.hostname);
         self.out.extend_from_slice(greeting.as_bytes());
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_SIZE];
         loop {
             if !self.flush().await {
                 break;
