@@ -63,14 +63,7 @@ TOML
     "$bin" bench --server "127.0.0.1:$port" --auth bench:pw --messages "$MESSAGES" \
         --connections "$CONNS" --size "$SIZE" --from bench@bench.test --to sink@remote.test \
         --quiet >"$dir/bench"
-    for _ in $(seq 1 6000); do
-        kill -0 "$sink" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$sink" 2>/dev/null; then
-        echo "the sink never received all $MESSAGES messages" >&2
-        exit 1
-    fi
+    wait_sink "$sink" "$MESSAGES"
     local accept rss
     accept=$(awk '/^accepted/ {print $3}' "$dir/bench")
     rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$server/status")

@@ -14,6 +14,18 @@ wait_port() {
     return 1
 }
 
+# wait_sink PID COUNT: waits (10 minutes at most) for `tern bench sink
+# --expect COUNT` with pid PID to exit, which it does once it has every
+# message; fails when it never does.
+wait_sink() {
+    for _ in $(seq 1 6000); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "the sink never received all $2 messages" >&2
+    return 1
+}
+
 # with_workdir: sets $work to a new temporary directory and $pids to an
 # empty list; on exit, kills every process in $pids and removes $work.
 with_workdir() {

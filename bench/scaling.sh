@@ -68,15 +68,7 @@ TOML
     start=$(date +%s.%N)
     "$BIN" bench "${servers[@]}" --auth bench:pw --messages "$MESSAGES" --connections "$CONNS" \
         --size "$SIZE" --from bench@bench.test --to sink@remote.test --quiet >"$work/bench.$nodes"
-    # The sink exits once it has every message; give up after 10 minutes.
-    for _ in $(seq 1 6000); do
-        kill -0 "$sink" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$sink" 2>/dev/null; then
-        echo "the sink never received all $MESSAGES messages" >&2
-        exit 1
-    fi
+    wait_sink "$sink" "$MESSAGES"
     end=$(date +%s.%N)
     local accept e2e
     accept=$(awk '/^accepted/ {print $3}' "$work/bench.$nodes")

@@ -247,21 +247,29 @@ async fn large_messages_are_received_into_a_file_and_delivered_intact() {
         .await;
     assert_eq!(r.code, 250, "{:?}", r.lines);
 
+    // BDAT in large chunks that split lines, and in many small ones.
     let by_bdat = large_message("by BDAT", (5 << 20) / 2);
-    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
-    c.cmd("RCPT TO:<alice@example.test>", "250").await;
-    let chunks: Vec<&[u8]> = by_bdat.as_bytes().chunks(700_001).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
-        c.send(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
-            .await;
-        c.send(chunk).await;
-        c.expect("250 2.0.0").await;
+    let by_small_chunks = large_message("by small BDAT chunks", 2 << 20);
+    for (message, size) in [(&by_bdat, 700_001), (&by_small_chunks, 9_999)] {
+        c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        let chunks: Vec<&[u8]> = message.as_bytes().chunks(size).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+            let mut command = format!("BDAT {}{last}\r\n", chunk.len()).into_bytes();
+            command.extend_from_slice(chunk);
+            c.send(&command).await;
+            c.expect("250 2.0.0").await;
+        }
     }
-    assert!(received_to_file() >= before + 2, "both went to a file");
+    assert!(received_to_file() >= before + 3, "all three went to a file");
 
-    let msgs = t.wait_mailbox(DOMAIN, "alice", 2).await;
-    for (sent, subject) in [(&by_data, "by DATA"), (&by_bdat, "by BDAT")] {
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 3).await;
+    for (sent, subject) in [
+        (&by_data, "by DATA"),
+        (&by_bdat, "by BDAT"),
+        (&by_small_chunks, "by small BDAT chunks"),
+    ] {
         let got = msgs
             .iter()
             .find(|m| memchr::memmem::find(m, format!("Subject: {subject}").as_bytes()).is_some())

@@ -317,8 +317,10 @@ impl Session {
                 *remaining -= take as u64;
                 let (done, last) = (*remaining == 0, *last);
                 self.bdat_bytes(&bytes[..take]);
+                // Also at a chunk's end: many small chunks make a large
+                // message too.
+                self.spill().await;
                 if !done {
-                    self.spill().await;
                     return (Flow::Continue, None);
                 }
                 self.state = State::Command;
