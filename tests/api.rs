@@ -620,6 +620,23 @@ async fn send_raw_mime() {
             "no From and no from",
         ),
         (
+            json!({"message": " folded\r\nFrom: alice@example.test\r\nTo: bob@example.test\r\n\r\nx\r\n"}),
+            422,
+            "invalid_field",
+            "message",
+            "a folded first line",
+        ),
+        (
+            json!({"message": format!(
+                "From: alice@example.test\r\nTo: bob@example.test\r\n{}\r\nx\r\n",
+                format!("X-Filler: {}\r\n", "h".repeat(60)).repeat(20_000)
+            )}),
+            413,
+            "too_large",
+            "message",
+            "a header section over max_header_size",
+        ),
+        (
             json!({"message": "From: alice@example.test\r\nTo: bob@example.test\r\n"}),
             422,
             "invalid_field",

@@ -190,6 +190,28 @@ async fn full_disk_while_receiving_a_large_message_answers_451_and_frees_the_fil
     assert_eq!(r.code, 250, "{:?}", r.lines);
     let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
     assert!(msgs[0].ends_with(big.as_bytes()));
+
+    // Over BDAT the chunk during which the disk filled is answered 451 at
+    // once, and the rest of the transaction is refused until RSET.
+    t.wait_queue_empty().await;
+    eventually(10, || t.spool_files() == 0).await;
+    let filler = disk.fill(3 << 19);
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    let chunk = big.as_bytes()[..1 << 20].to_vec();
+    let mut replies = Vec::new();
+    for last in ["", "", " LAST"] {
+        let mut command = format!("BDAT {}{last}\r\n", chunk.len()).into_bytes();
+        command.extend_from_slice(&chunk);
+        c.send(&command).await;
+        replies.push(c.read().await.lines[0].clone());
+    }
+    assert!(replies[0].starts_with("250 2.0.0"), "{replies:?}");
+    assert!(replies[1].starts_with("451 4.3.1"), "{replies:?}");
+    assert!(replies[2].starts_with("503 5.5.1"), "{replies:?}");
+    c.cmd("RSET", "250").await;
+    assert_eq!(t.queued().await, 0);
+    std::fs::remove_file(&filler).unwrap();
     let mut t = t;
     t.stop().await;
 }

@@ -376,6 +376,65 @@ async fn huge_header_blocks_and_mime_bombs_are_handled_in_bounded_time() {
     t.wait_mailbox(DOMAIN, "alice", 1).await;
 }
 
+/// The header section is bounded on its own (`max_header_size`, 1 MiB by
+/// default): reading a header takes many times its size in memory, so a
+/// message that is nearly all header is refused, however large messages
+/// may be; and a message whose first line is folded is refused, as it
+/// would continue the last header field Tern adds in front of it.
+#[tokio::test]
+async fn header_section_limit_and_a_folded_first_line() {
+    let t = TestServer::start().await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    let field = format!("X-Filler: {}\r\n", "h".repeat(60));
+    let huge = format!(
+        "Subject: all header\r\n{}\r\nbody\r\n",
+        field.repeat(20_000)
+    );
+    assert!(huge.len() > 1 << 20);
+    let r = c
+        .mail("bob@remote.test", &["alice@example.test"], &huge)
+        .await;
+    assert_eq!(
+        r.lines[0],
+        "552 5.3.4 Message header section larger than 1048576 octets"
+    );
+    // A large body behind a small header is fine.
+    let large = format!("Subject: large body\r\n\r\n{}", field.repeat(20_000));
+    let r = c
+        .mail("bob@remote.test", &["alice@example.test"], &large)
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let r = c
+        .mail(
+            "bob@remote.test",
+            &["alice@example.test"],
+            " folded\r\nSubject: x\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert!(
+        r.lines[0].starts_with("550 5.6.0 Message starts with a folded line"),
+        "{:?}",
+        r.lines
+    );
+    c.cmd("NOOP", "250").await;
+    let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
+    assert!(msgs[0].ends_with(large.as_bytes()));
+
+    // A lower limit, over BDAT.
+    let t = TestServer::start_with(|c| c.limits.max_header_size = 4096).await;
+    let mut c = Client::connect(t.smtp()).await;
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<bob@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    let m = format!("{}\r\nbody\r\n", field.repeat(70));
+    c.send(format!("BDAT {} LAST\r\n{m}", m.len()).as_bytes())
+        .await;
+    c.expect("552 5.3.4").await;
+    c.cmd("NOOP", "250").await;
+    assert_eq!(t.queued().await, 0);
+}
+
 /// A ready session on each kind of listener: port 25 style without AUTH,
 /// submission after STARTTLS and AUTH, SMTPS after AUTH.
 async fn sessions(t: &TestServer) -> Vec<(&'static str, Client)> {

@@ -268,6 +268,14 @@ pub async fn send_raw(
     let req: RawRequest = body.json()?;
     let body = crlf("message", &req.message)?;
     check_size(&ctx, body.len(), "message")?;
+    let max_header = ctx.config.limits.max_header_size;
+    match tern_smtp::headers::check_header_section(&body, max_header) {
+        Ok(()) => {}
+        Err(e @ tern_smtp::headers::HeaderError::TooLarge(_)) => {
+            return Err(ApiError::too_large(e.to_string()).with_field("message"))
+        }
+        Err(e) => return Err(ApiError::invalid("message", e.to_string())),
+    }
     // SMTP refuses longer lines (RFC 5321 4.5.3.1.6), so no relay could
     // take them either.
     let max_line = ctx.config.limits.max_text_line;

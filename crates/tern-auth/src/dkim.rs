@@ -343,6 +343,27 @@ pub fn from_domains(message: &[u8]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A signature over Tern's header fields and the message as two parts
+    /// covers the same header fields and body as one over them joined.
+    #[test]
+    fn signing_in_parts_is_signing_the_whole() {
+        let key = generate("example.com", "s1", Algorithm::Ed25519, 0).unwrap();
+        let head =
+            b"Received: from x\r\n\tby y; Mon, 30 Nov 2026 04:00:00 +0000\r\nMessage-ID: <a@b>\r\n";
+        let rest = b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n.line\r\n";
+        let joined = [&head[..], &rest[..]].concat();
+        let tags = |sig: String| -> Vec<String> {
+            sig.replace("\r\n", "")
+                .split(';')
+                .map(|t| t.split_whitespace().collect::<String>())
+                .filter(|t| t.starts_with("bh=") || t.starts_with("h="))
+                .collect()
+        };
+        let parts = tags(sign_parts_with(&key, &[head, rest]).unwrap());
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts, tags(sign_with(&key, &joined).unwrap()));
+    }
+
     #[test]
     fn keys_and_records() {
         let ed = generate("Example.com", "s1", Algorithm::Ed25519, 0).unwrap();

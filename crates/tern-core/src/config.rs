@@ -83,6 +83,10 @@ pub struct LimitsConfig {
     pub max_command_line: usize,
     /// Longest text line in a message including CRLF (RFC 5321 4.5.3.1.6: 1000).
     pub max_text_line: usize,
+    /// Largest header section of a message, in octets (Exim's
+    /// header_maxsize): reading a header takes many times its size in
+    /// memory, so it is bounded however large the message may be.
+    pub max_header_size: usize,
     /// Idle time allowed between commands (RFC 5321 4.5.3.2.7: 5 minutes).
     pub command_timeout: HumanDuration,
     /// Idle time allowed while receiving message data (RFC 5321 4.5.3.2.5: 3 minutes).
@@ -114,6 +118,7 @@ impl Default for LimitsConfig {
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: 1000,
+            max_header_size: 1024 * 1024,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(180)),
             max_connections: 1000,
@@ -625,6 +630,12 @@ impl Config {
                 "must be at least 1000 (RFC 5321 4.5.3.1.6)".into(),
             ));
         }
+        if l.max_header_size < l.max_text_line {
+            return Err(invalid(
+                "limits.max_header_size",
+                format!("must be at least max_text_line ({})", l.max_text_line),
+            ));
+        }
         if l.max_recipients == 0 {
             return Err(invalid(
                 "limits.max_recipients",
@@ -996,6 +1007,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_command_line"), "{e}");
+        let e = parse("[limits]\nmax_header_size = 999")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_header_size"), "{e}");
+        assert_eq!(
+            parse("").unwrap().limits.max_header_size,
+            1024 * 1024,
+            "1 MiB by default"
+        );
         let e = parse("[[listener]]\naddress = \"nope\"\nmode = \"smtp\"")
             .unwrap_err()
             .to_string();

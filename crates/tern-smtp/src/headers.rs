@@ -51,6 +51,50 @@ pub fn received(t: &TraceInfo<'_>) -> String {
     h
 }
 
+/// What is wrong with the start of a message, found before its header is
+/// read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The header section is longer than this limit: reading it takes many
+    /// times its size in memory.
+    TooLarge(usize),
+    /// The first line is folded (starts with a space or a tab): there is
+    /// no field for it to continue (RFC 5322 2.2.3), and behind the header
+    /// fields Tern puts in front it would continue the last of them.
+    StartsFolded,
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::TooLarge(max) => {
+                write!(f, "Message header section larger than {max} octets")
+            }
+            HeaderError::StartsFolded => write!(
+                f,
+                "Message starts with a folded line; its header must begin with a field name (RFC 5322 2.2)"
+            ),
+        }
+    }
+}
+
+/// Checks the start of a message (RFC 5322 2.1: a header section, an
+/// empty line, a body) before anything reads its header.
+pub fn check_header_section(msg: &[u8], max: usize) -> Result<(), HeaderError> {
+    if msg.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        return Err(HeaderError::StartsFolded);
+    }
+    if msg.starts_with(b"\r\n") || msg.len() <= max {
+        return Ok(());
+    }
+    // The empty line that ends the header section must come within `max`.
+    let window = &msg[..(max + 4).min(msg.len())];
+    match memchr::memmem::find(window, b"\r\n\r\n") {
+        Some(_) => Ok(()),
+        None => Err(HeaderError::TooLarge(max)),
+    }
+}
+
 /// Whether the message's header block has a field of this name.
 pub fn has_header(msg: &[u8], name: &str) -> bool {
     count_header(msg, name) > 0
@@ -88,6 +132,28 @@ pub fn submission_fixes(msg: &[u8], id: MessageId, hostname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_section_limits() {
+        let ok = |m: &[u8], max| check_header_section(m, max);
+        assert_eq!(ok(b"Subject: x\r\n\r\nbody\r\n", 20), Ok(()));
+        assert_eq!(ok(b"\r\nno header at all\r\n", 5), Ok(()));
+        assert_eq!(ok(b"Subject: x\r\n", 20), Ok(()), "only a header, short");
+        let big = format!("{}\r\nbody\r\n", "X-A: b\r\n".repeat(100));
+        assert_eq!(ok(big.as_bytes(), 800), Ok(()));
+        assert_eq!(
+            ok(big.as_bytes(), 500),
+            Err(HeaderError::TooLarge(500)),
+            "the empty line comes too late"
+        );
+        let no_end = "X-A: b\r\n".repeat(100);
+        assert_eq!(ok(no_end.as_bytes(), 500), Err(HeaderError::TooLarge(500)));
+        assert_eq!(
+            ok(b" folded\r\nSubject: x\r\n\r\n", 100),
+            Err(HeaderError::StartsFolded)
+        );
+        assert_eq!(ok(b"\tfolded\r\n\r\n", 100), Err(HeaderError::StartsFolded));
+    }
 
     #[test]
     fn finds_headers_only_in_the_header_block() {

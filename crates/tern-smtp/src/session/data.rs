@@ -112,6 +112,16 @@ impl Session {
             self.error(reply);
             return;
         }
+        if let Some(e) = tx.body.failure().filter(|_| !last) {
+            // The data cannot be kept (a full disk): say so now, not after
+            // the last chunk; the rest is swallowed until RSET.
+            let reply = storage_failure(&e.to_string());
+            tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
+            tx.failed = true;
+            tx.body = Default::default();
+            self.error(reply);
+            return;
+        }
         if !last {
             let n = tx.body.len();
             self.reply(Reply::new(250, "2.0.0", format!("{n} octets received")));
@@ -144,6 +154,17 @@ impl Session {
                 return;
             }
         };
+        // Before anything reads the header.
+        let max_header = self.ctx.config.limits.max_header_size;
+        if let Err(e) = headers::check_header_section(received.bytes(), max_header) {
+            let reply = match e {
+                headers::HeaderError::TooLarge(_) => Reply::new(552, "5.3.4", e.to_string()),
+                headers::HeaderError::StartsFolded => Reply::new(550, "5.6.0", e.to_string()),
+            };
+            tracing::info!(peer = %self.peer, reason = %reply, "message refused");
+            self.error(reply);
+            return;
+        }
         if let Some(user) = self.user.clone() {
             if let Err(refusal) = self
                 .ctx

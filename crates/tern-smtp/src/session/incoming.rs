@@ -48,6 +48,12 @@ impl Incoming {
         &mut self.buf
     }
 
+    /// Why writing the file failed, when it did (the message cannot be
+    /// kept).
+    pub(crate) fn failure(&self) -> Option<&std::io::Error> {
+        self.failed.as_ref()
+    }
+
     /// Octets received so far.
     pub(crate) fn len(&self) -> u64 {
         self.written + self.buf.len() as u64
