@@ -1388,6 +1388,36 @@ async fn keys_and_scopes() {
             }
         }
     }
+    // The key is checked before the body is read: a client without one
+    // that announces a large body hears 401 without sending any of it, so
+    // it cannot make Tern hold request bodies in memory.
+    for path in [
+        "/api/v1/messages",
+        "/api/v1/messages/raw",
+        "/api/v1/suppressions",
+        "/api/v1/webhooks",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = api.base.trim_start_matches("http://").to_string();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 20000000\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = vec![0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut head))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
+    }
+
     // Every /api/v1 route needs a key; the operational ones do not.
     for (method, path) in [
         (Method::GET, "/api/v1/messages"),

@@ -12,7 +12,7 @@ use tern_store::{Suppression, WebhookRecord};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiBody, ApiPath, ApiQuery};
+use crate::extract::{AdminScope, ApiBody, ApiPath, ApiQuery, Authorized};
 use crate::messages::{decode_cursor, encode_cursor};
 use crate::views::*;
 use crate::Ctx;
@@ -167,10 +167,9 @@ pub async fn webhooks_list(
 )]
 pub async fn webhooks_create(
     State(ctx): State<Ctx>,
-    headers: HeaderMap,
+    _key: Authorized<AdminScope>,
     body: ApiBody,
 ) -> ApiResult<(StatusCode, Json<WebhookView>)> {
-    ctx.authorize(&headers, Scope::Admin).await?;
     let req: WebhookRequest = body.json()?;
     let url = reqwest::Url::parse(&req.url)
         .map_err(|e| ApiError::invalid("url", format!("Not a URL: {e}")))?;
@@ -387,10 +386,9 @@ pub struct SuppressionRequest {
 )]
 pub async fn suppressions_add(
     State(ctx): State<Ctx>,
-    headers: HeaderMap,
+    _key: Authorized<AdminScope>,
     body: ApiBody,
 ) -> ApiResult<(StatusCode, Json<SuppressionView>)> {
-    ctx.authorize(&headers, Scope::Admin).await?;
     let req: SuppressionRequest = body.json()?;
     let address = Address::parse(req.address.trim())
         .map_err(|e| ApiError::invalid("address", format!("Not a usable address: {e}")))?;

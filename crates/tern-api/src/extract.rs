@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A request body, read whole (up to the body limit: 413 past it). Its
-/// type and content are checked by `json` only after the key is, so a
-/// request without a valid key hears 401 whatever its body.
+/// A request body, read whole (up to the body limit: 413 past it). Take it
+/// after an `Authorized`: a request without a valid key then hears 401
+/// before its body is read, whatever its body.
 pub struct ApiBody {
     bytes: bytes::Bytes,
     /// Content-Type said JSON.
@@ -140,4 +140,43 @@ fn param_of(text: &str) -> Option<String> {
 
 fn clean(text: &str) -> String {
     text.replace("Failed to deserialize query string: ", "")
+}
+
+/// The scope a route needs, as a type (for `Authorized`).
+pub trait NeededScope: Send + Sync {
+    const SCOPE: tern_auth::keys::Scope;
+}
+
+/// Routes that send mail.
+pub struct SendScope;
+/// Routes that change the server's configuration.
+pub struct AdminScope;
+
+impl NeededScope for SendScope {
+    const SCOPE: tern_auth::keys::Scope = tern_auth::keys::Scope::Send;
+}
+impl NeededScope for AdminScope {
+    const SCOPE: tern_auth::keys::Scope = tern_auth::keys::Scope::Admin;
+}
+
+/// The request's API key, checked (present, live, of scope `S`) from the
+/// header alone. Put before an `ApiBody`: axum runs the extractors in
+/// order, so a request without a usable key is answered 401 or 403
+/// before its body is read, and cannot make Tern hold up to
+/// `max_request_size` in memory for nothing.
+pub struct Authorized<S: NeededScope> {
+    pub key: tern_store::ApiKeyRecord,
+    scope: std::marker::PhantomData<S>,
+}
+
+impl<S: NeededScope> FromRequestParts<crate::Ctx> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &crate::Ctx) -> Result<Self, ApiError> {
+        let key = ctx.authorize(&parts.headers, S::SCOPE).await?;
+        Ok(Authorized {
+            key,
+            scope: std::marker::PhantomData,
+        })
+    }
 }

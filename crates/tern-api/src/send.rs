@@ -8,13 +8,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use mail_builder::headers::text::Text;
 use mail_builder::MessageBuilder;
 use serde::Deserialize;
-use tern_auth::keys::Scope;
 use tern_core::{Address, Envelope, MessageId};
 use tern_delivery::Resolution;
 use tern_smtp::headers::TraceInfo;
@@ -23,7 +22,7 @@ use tern_store::{ApiKeyRecord, MessageInfo};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiBody;
+use crate::extract::{ApiBody, Authorized, SendScope};
 use crate::views::{Sent, SentRecipient};
 use crate::Ctx;
 
@@ -136,10 +135,9 @@ const RESERVED: &[&str] = &[
 pub async fn send_message(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Authorized { key, .. }: Authorized<SendScope>,
     body: ApiBody,
 ) -> ApiResult<(StatusCode, Json<Sent>)> {
-    let key = ctx.authorize(&headers, Scope::Send).await?;
     let req: SendRequest = body.json()?;
     let (name, from) = mailbox("from", &req.from)?;
     let reply_to = req
@@ -261,10 +259,9 @@ pub async fn send_message(
 pub async fn send_raw(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Authorized { key, .. }: Authorized<SendScope>,
     body: ApiBody,
 ) -> ApiResult<(StatusCode, Json<Sent>)> {
-    let key = ctx.authorize(&headers, Scope::Send).await?;
     let req: RawRequest = body.json()?;
     let body = crlf("message", &req.message)?;
     check_size(&ctx, body.len(), "message")?;
