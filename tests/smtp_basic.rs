@@ -333,5 +333,10 @@ async fn a_large_message_over_the_limit_is_refused_and_the_session_goes_on() {
     assert_eq!(r.code, 250, "{:?}", r.lines);
     let msgs = t.wait_mailbox(DOMAIN, "alice", 1).await;
     assert!(msgs[0].ends_with(b"Subject: small\r\n\r\nx\r\n"));
-    assert_eq!(t.queued().await, 0);
+    t.wait_queue_empty().await;
+    assert_eq!(
+        t.mailbox(DOMAIN, "alice").len(),
+        1,
+        "the refused one is not kept"
+    );
 }
