@@ -124,6 +124,35 @@ async fn two_nodes_share_the_queue_and_deliver_each_message_once() {
         );
     }
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+
+    // A message too large to hold in memory: received into a file on
+    // node B, stored in the database a piece at a time (three pieces),
+    // and delivered byte for byte by whichever node takes it.
+    let mut large = String::from("From: alice@example.test\r\nSubject: large-one\r\n\r\n");
+    let mut n = 0;
+    while large.len() < (5 << 20) / 2 {
+        n += 1;
+        large.push_str(&format!("{n:08} sphinx of black quartz, judge my vow\r\n"));
+    }
+    let mut c = Client::connect(b.submission).await;
+    c.ehlo().await;
+    let mut c = c.starttls(&b.cert()).await;
+    c.ehlo().await;
+    c.auth_plain("alice", "pw", "235").await;
+    let r = c
+        .mail("alice@example.test", &["bob@remote.test"], &large)
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    wait_for(30, "the large message", || {
+        deliveries(&fake).contains_key("large-one")
+    })
+    .await;
+    let got = fake
+        .received()
+        .into_iter()
+        .find(|r| String::from_utf8_lossy(&r.data).contains("Subject: large-one"))
+        .unwrap();
+    assert!(got.data.ends_with(large.as_bytes()), "delivered intact");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
     db.drop_db().await;
