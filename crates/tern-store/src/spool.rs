@@ -120,16 +120,7 @@ impl Spool {
             MessageBody::Memory(b) => self.write(id, b),
             MessageBody::Staged { head, file } => self.write_with(id, body.len(), |f| {
                 f.write_all(head)?;
-                let mut src = &file.file;
-                std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))?;
-                let copied = std::io::copy(&mut std::io::Read::take(src, file.len), f)?;
-                if copied != file.len {
-                    return Err(std::io::Error::other(format!(
-                        "staged message shrank: {copied} of {} octets",
-                        file.len
-                    )));
-                }
-                Ok(())
+                crate::copy_file_part(&file.file, 0, file.len, f)
             }),
         }
     }

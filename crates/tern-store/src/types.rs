@@ -117,6 +117,26 @@ pub struct StagedFile {
     pub len: u64,
 }
 
+/// Appends `len` octets of `src`, from `from` on, to `dst`, copied by the
+/// kernel (`copy_file_range`), never through memory. Blocking.
+pub fn copy_file_part(
+    src: &std::fs::File,
+    from: u64,
+    len: u64,
+    dst: &mut std::fs::File,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = src;
+    src.seek(SeekFrom::Start(from))?;
+    let copied = std::io::copy(&mut src.take(len), dst)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!(
+            "file shorter than expected: {copied} of {len} octets"
+        )));
+    }
+    Ok(())
+}
+
 /// What a sender labelled a message with, plus its subject for search.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageInfo {

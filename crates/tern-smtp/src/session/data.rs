@@ -112,11 +112,11 @@ impl Session {
             self.error(reply);
             return;
         }
-        if let Some(e) = tx.body.failure().filter(|_| !last) {
+        if let Some(e) = tx.body.failure().filter(|_| !last).map(|e| e.to_string()) {
             // The data cannot be kept (a full disk): say so now, not after
             // the last chunk; the rest is swallowed until RSET.
-            let reply = storage_failure(&e.to_string());
-            tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
+            let reply = self.cannot_keep(&e);
+            let tx = self.tx.as_mut().expect("checked");
             tx.failed = true;
             tx.body = Default::default();
             self.error(reply);
@@ -146,13 +146,10 @@ impl Session {
     /// 250 only after the queue says the message is durable.
     async fn accept(&mut self, mut tx: Transaction) {
         let incoming = std::mem::take(&mut tx.body);
-        let mut received = match incoming.finish(&self.ctx.config.data_dir).await {
+        let dir = &self.ctx.config.data_dir;
+        let mut received = match incoming.finish(dir).await {
             Ok(r) => r,
-            Err(e) => {
-                tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
-                self.reply(storage_failure(&e.to_string()));
-                return;
-            }
+            Err(e) => return self.reply(self.cannot_keep(&e.to_string())),
         };
         // Before anything reads the header.
         let max_header = self.ctx.config.limits.max_header_size;
@@ -186,13 +183,9 @@ impl Session {
         let own = &self.ctx.config.hostname;
         if let Some((head, from)) = tern_auth::inbound::own_results_stripped(received.bytes(), own)
         {
-            received = match received.replace_head(head, from).await {
+            received = match received.replace_head(head, from, dir).await {
                 Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(peer = %self.peer, error = %e, "cannot keep message data");
-                    self.reply(storage_failure(&e.to_string()));
-                    return;
-                }
+                Err(e) => return self.reply(self.cannot_keep(&e.to_string())),
             };
         }
         let checks = match self.inbound_checks(&tx, received.bytes()).await {
@@ -285,6 +278,15 @@ impl Session {
                 self.reply(storage_failure(&e.to_string()));
             }
         }
+    }
+}
+
+impl Session {
+    /// The message's data could not be kept (before the commit): logged,
+    /// and the answer for the client.
+    fn cannot_keep(&self, error: &str) -> Reply {
+        tracing::error!(peer = %self.peer, error, "cannot keep message data");
+        storage_failure(error)
     }
 }
 

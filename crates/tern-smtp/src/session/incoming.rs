@@ -14,8 +14,8 @@
 //! own. The store then copies the file into place in the kernel.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use memmap2::Mmap;
 use tern_store::{MessageBody, StagedFile};
@@ -112,7 +112,7 @@ impl Incoming {
             None => Ok(Received::Memory(self.buf)),
             Some(file) => {
                 tern_core::metrics::inc(&tern_core::metrics::METRICS.messages_received_to_file);
-                Received::map(file, dir)
+                Received::map(file)
             }
         }
     }
@@ -125,21 +125,16 @@ pub(crate) enum Received {
     Mapped {
         file: File,
         map: Mmap,
-        dir: PathBuf,
     },
 }
 
 impl Received {
-    fn map(file: File, dir: &Path) -> std::io::Result<Received> {
+    fn map(file: File) -> std::io::Result<Received> {
         // SAFETY: the file has no name and no other handle: nothing else
         // can write or truncate it while it is mapped, and it is not
         // written again after this.
         let map = unsafe { Mmap::map(&file)? };
-        Ok(Received::Mapped {
-            file,
-            map,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Received::Mapped { file, map })
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -150,25 +145,29 @@ impl Received {
     }
 
     /// The message with its first `from` octets (its header section)
-    /// replaced by `head`. A message in a file gets a new file, copied in
-    /// the kernel.
-    pub(crate) async fn replace_head(self, head: Vec<u8>, from: usize) -> std::io::Result<Self> {
+    /// replaced by `head`. A message in a file gets a new file in `dir`,
+    /// copied in the kernel.
+    pub(crate) async fn replace_head(
+        self,
+        head: Vec<u8>,
+        from: usize,
+        dir: &Path,
+    ) -> std::io::Result<Self> {
         match self {
             Received::Memory(b) => {
                 let mut out = head;
                 out.extend_from_slice(&b[from..]);
                 Ok(Received::Memory(out))
             }
-            Received::Mapped { file, map, dir } => {
+            Received::Mapped { file, map } => {
+                let rest = (map.len() - from) as u64;
                 drop(map);
-                let len = file.metadata()?.len();
+                let dir = dir.to_path_buf();
                 tokio::task::spawn_blocking(move || {
                     let mut out = tempfile::tempfile_in(&dir)?;
                     out.write_all(&head)?;
-                    let mut src = &file;
-                    src.seek(SeekFrom::Start(from as u64))?;
-                    std::io::copy(&mut std::io::Read::take(src, len - from as u64), &mut out)?;
-                    Received::map(out, &dir)
+                    tern_store::copy_file_part(&file, from as u64, rest, &mut out)?;
+                    Received::map(out)
                 })
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -186,7 +185,7 @@ impl Received {
                 message.extend_from_slice(&b);
                 MessageBody::Memory(message)
             }
-            Received::Mapped { file, map, .. } => {
+            Received::Mapped { file, map } => {
                 let len = map.len() as u64;
                 drop(map);
                 MessageBody::Staged {
@@ -258,7 +257,7 @@ mod tests {
         // The header section replaced, the rest copied.
         let end = memchr::memmem::find(&m, b"\r\n\r\n").unwrap() + 4;
         let r = r
-            .replace_head(b"Subject: other\r\n\r\n".to_vec(), end)
+            .replace_head(b"Subject: other\r\n\r\n".to_vec(), end, dir.path())
             .await
             .unwrap();
         assert!(r.is_staged());
