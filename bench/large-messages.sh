@@ -2,7 +2,7 @@
 # What large messages cost Tern in memory: `tern serve` relays to
 # `tern bench sink`, and `tern bench` sends MESSAGES messages of SIZE
 # octets over CONNS connections at once. Prints the rate and the server's
-# peak RSS (VmHWM). With BASE_BIN set, runs that binary the same way,
+# peak RSS (VmHWM) and CPU time per message. With BASE_BIN set, runs that binary the same way,
 # right after, and prints both and their ratio (one run, same machine).
 #
 #   bench/large-messages.sh                       # 60 × 20 MB over 20 connections
@@ -23,7 +23,7 @@ SIZE=${SIZE:-20000000}
 . bench/lib.sh
 with_workdir
 
-# run BIN TAG: prints "accept_msgs_per_s peak_rss_kib"
+# run BIN TAG: prints "accept_msgs_per_s peak_rss_kib peak_anon_kib cpu_ms_per_msg"
 run() {
     local bin=$1 dir="$work/run-$2" port sink_port
     mkdir -p "$dir"
@@ -64,23 +64,26 @@ TOML
         --connections "$CONNS" --size "$SIZE" --from bench@bench.test --to sink@remote.test \
         --quiet >"$dir/bench"
     wait_sink "$sink" "$MESSAGES"
-    local accept rss
+    local accept rss cpu
     accept=$(awk '/^accepted/ {print $3}' "$dir/bench")
     rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$server/status")
+    # User + system CPU of the server (accepting and relaying), per message.
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" -v n="$MESSAGES" \
+        '{printf "%.2f", ($14 + $15) * 1000 / hz / n}' "/proc/$server/stat")
     kill "$server" "$sink" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
     rm -rf "$dir/data"
-    echo "$accept $rss $(cat "$dir/anon")"
+    echo "$accept $rss $(cat "$dir/anon") $cpu"
 }
 
 echo "$MESSAGES messages of $SIZE B over $CONNS connections, relayed to a sink" >&2
 run "$BIN" new >"$work/new"
-read -r a1 r1 n1 <"$work/new"
-printf '| binary | accept msgs/s | peak RSS MiB | peak anonymous MiB |\n|---|---|---|---|\n'
-printf '| %s | %s | %s | %s |\n' "$BIN" "$a1" "$((r1 / 1024))" "$((n1 / 1024))"
+read -r a1 r1 n1 c1 <"$work/new"
+printf '| binary | accept msgs/s | peak RSS MiB | peak anonymous MiB | CPU ms/msg |\n|---|---|---|---|---|\n'
+printf '| %s | %s | %s | %s | %s |\n' "$BIN" "$a1" "$((r1 / 1024))" "$((n1 / 1024))" "$c1"
 if [ -n "${BASE_BIN:-}" ]; then
     run "$BASE_BIN" base >"$work/base"
-    read -r a2 r2 n2 <"$work/base"
-    printf '| %s | %s | %s | %s |\n' "$BASE_BIN" "$a2" "$((r2 / 1024))" "$((n2 / 1024))"
-    python3 -c "print(f'| ratio | {$a1/$a2:.2f} | {$r1/$r2:.2f} | {$n1/$n2:.2f} |')"
+    read -r a2 r2 n2 c2 <"$work/base"
+    printf '| %s | %s | %s | %s | %s |\n' "$BASE_BIN" "$a2" "$((r2 / 1024))" "$((n2 / 1024))" "$c2"
+    python3 -c "print(f'| ratio | {$a1/$a2:.2f} | {$r1/$r2:.2f} | {$n1/$n2:.2f} | {$c1/$c2:.2f} |')"
 fi

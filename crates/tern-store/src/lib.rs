@@ -8,6 +8,7 @@ mod api;
 mod postgres;
 mod spool;
 mod sqlite;
+mod staged;
 pub mod testkit;
 mod types;
 
@@ -17,6 +18,7 @@ use tern_core::{MessageId, QueuedMessage, RetryPolicy};
 pub use api::ApiStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use staged::{copy_file_part, StagedFile, STAGED_ROOM};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]

@@ -14,15 +14,24 @@
 //! file keeps its inode and its blocks, so writing a body of about the
 //! same size allocates nothing. The pool is bounded (`FREE_BUDGET`), and
 //! files larger than `FREE_MAX_FILE` are deleted rather than kept.
+//!
+//! A large message received into a file (`StagedFile`) is not copied: Tern's
+//! header fields are written into the room left in front of it, and the
+//! file is linked into the spool under the message's id. Such a file
+//! starts with `LINKED_MAGIC` and the offset of the message's first octet
+//! (`LINKED_PREFIX`); what lies between is unused, and takes no disk
+//! blocks. No message file starts with a NUL (every stored message starts
+//! with a header field Tern wrote), so the two kinds cannot be confused.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tern_core::MessageId;
 
-use crate::MessageBody;
+use crate::{MessageBody, StagedFile};
 
 /// Most octets kept in recycled files: enough for the bodies released in
 /// one of the releaser's ticks at a few hundred MB/s, small beside a queue.
@@ -31,6 +40,11 @@ const FREE_BUDGET: u64 = 128 * 1024 * 1024;
 /// Larger files are deleted when released: big bodies are rare, and one
 /// would hold a large part of the budget.
 const FREE_MAX_FILE: u64 = 1024 * 1024;
+
+/// The first octets of a spool file that was a staged file.
+const LINKED_MAGIC: [u8; 8] = *b"\0tern-1\0";
+/// The magic, then the offset of the message (little-endian `u64`).
+const LINKED_PREFIX: u64 = 16;
 
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -113,16 +127,56 @@ impl Spool {
     }
 
     /// Writes and fsyncs a message body of either kind. A staged body's
-    /// file is copied by the kernel (`copy_file_range`), never through
-    /// memory. Blocking: call from a blocking thread.
+    /// file becomes the spool file when it has room for `head` and can be
+    /// linked into the spool; otherwise it is copied by the kernel
+    /// (`copy_file_range`). Never through memory. Blocking: call from a
+    /// blocking thread.
     pub fn write_body(&self, id: MessageId, body: &MessageBody) -> std::io::Result<()> {
         match body {
             MessageBody::Memory(b) => self.write(id, b),
-            MessageBody::Staged { head, file } => self.write_with(id, body.len(), |f| {
-                f.write_all(head)?;
-                crate::copy_file_part(&file.file, 0, file.len, f)
-            }),
+            MessageBody::Staged { head, file } => {
+                if self.link(id, head, file)? {
+                    return Ok(());
+                }
+                self.write_with(id, body.len(), |f| {
+                    f.write_all(head)?;
+                    crate::copy_file_part(&file.file, file.start, file.len, f)
+                })
+            }
         }
+    }
+
+    /// Makes `staged`, with `head` in front, the spool file of `id`: the
+    /// prefix and `head` go into the room in front of the message, and
+    /// the file gets the name. `false` when that cannot be done here (no
+    /// room, a file system without linkable unnamed files, or the spool on
+    /// another file system); nothing is named then.
+    fn link(&self, id: MessageId, head: &[u8], staged: &StagedFile) -> std::io::Result<bool> {
+        let Some(start) = staged.start.checked_sub(head.len() as u64) else {
+            return Ok(false);
+        };
+        if start < LINKED_PREFIX {
+            return Ok(false);
+        }
+        let mut prefix = [0u8; LINKED_PREFIX as usize];
+        prefix[..8].copy_from_slice(&LINKED_MAGIC);
+        prefix[8..].copy_from_slice(&start.to_le_bytes());
+        staged.file.write_all_at(&prefix, 0)?;
+        staged.file.write_all_at(head, start)?;
+        let path = self.path(id);
+        if let Err(e) = link_unnamed(&staged.file, &path) {
+            tracing::debug!(error = %e, "could not link a staged file; copying it");
+            return Ok(false);
+        }
+        // `sync_all`, not `sync_data`: the link count is the inode's, and
+        // a file system without a journal writes it only with the inode.
+        // The name itself is made durable with the directory's fsync, in
+        // the commit batch (`sync_dir`).
+        if let Err(e) = staged.file.sync_all() {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     fn write_with(
@@ -165,17 +219,43 @@ impl Spool {
         File::open(&self.dir)?.sync_all()
     }
 
+    /// A body's file, where its message starts in it, and its length.
+    fn open_body(&self, id: MessageId) -> std::io::Result<(File, u64, u64)> {
+        let f = File::open(self.path(id))?;
+        let size = f.metadata()?.len();
+        let mut prefix = [0u8; LINKED_PREFIX as usize];
+        let start = match f.read_exact_at(&mut prefix, 0) {
+            Ok(()) if prefix[..8] == LINKED_MAGIC => {
+                u64::from_le_bytes(prefix[8..].try_into().expect("8 octets"))
+            }
+            Ok(()) => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+        // A file cut short (by hand, or a damaged disk) reads as short;
+        // the queue compares the length with the message's size.
+        let len = size.saturating_sub(start);
+        Ok((f, start.min(size), len))
+    }
+
+    /// The length of a body, or `None` when it has no file.
+    pub fn body_len(&self, id: MessageId) -> std::io::Result<Option<u64>> {
+        match self.open_body(id) {
+            Ok((_, _, len)) => Ok(Some(len)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Piece `index` of a body, or `None` past its end.
     pub fn read_chunk(&self, id: MessageId, index: u32) -> std::io::Result<Option<Vec<u8>>> {
-        use std::os::unix::fs::FileExt;
-        let f = File::open(self.path(id))?;
-        let len = f.metadata()?.len();
+        let (f, start, len) = self.open_body(id)?;
         let offset = index as u64 * crate::BODY_CHUNK as u64;
         if offset >= len && index > 0 {
             return Ok(None);
         }
         let mut buf = vec![0u8; (len - offset.min(len)).min(crate::BODY_CHUNK as u64) as usize];
-        f.read_exact_at(&mut buf, offset)?;
+        f.read_exact_at(&mut buf, start + offset)?;
         Ok(Some(buf))
     }
 
@@ -236,11 +316,24 @@ impl Spool {
         }
     }
 
-    /// Moves a body to `quarantine/` beside the spool, for inspection.
+    /// Moves a body to `quarantine/` beside the spool, for inspection. A
+    /// linked file's message is copied out of it, so that every file
+    /// there is a plain message.
     pub fn set_aside(&self, id: MessageId) -> std::io::Result<()> {
         let dir = self.dir.with_file_name("quarantine");
         fs::create_dir_all(&dir)?;
-        match fs::rename(self.path(id), dir.join(id.to_string())) {
+        let to = dir.join(id.to_string());
+        let result = match self.open_body(id) {
+            Ok((f, start, len)) if start > 0 => {
+                let mut out = File::create(&to)?;
+                crate::copy_file_part(&f, start, len, &mut out)?;
+                out.sync_data()?;
+                fs::remove_file(self.path(id))
+            }
+            Ok(_) => fs::rename(self.path(id), to),
+            Err(e) => Err(e),
+        };
+        match result {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -256,6 +349,33 @@ impl Spool {
             }
         }
         Ok(ids)
+    }
+}
+
+/// Gives an unnamed file (`O_TMPFILE`) the name `path`. The file's
+/// `/proc/self/fd` entry stands for it, as open(2) describes for linking
+/// such a file without privileges.
+fn link_unnamed(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+    let to = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the spool path"))?;
+    // SAFETY: both are valid NUL-terminated paths for the call's length.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -291,6 +411,99 @@ mod tests {
         spool.write(c, &[b'c'; 9000]).unwrap();
         assert_eq!(body(c, &spool), vec![b'c'; 9000]);
         assert_eq!(spool.list().unwrap(), vec![c]);
+    }
+
+    fn staged(dir: &Path, message: &[u8]) -> StagedFile {
+        let mut f = StagedFile::create_in(dir).unwrap();
+        f.append(message).unwrap();
+        f
+    }
+
+    fn whole(spool: &Spool, id: MessageId) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0.. {
+            match spool.read_chunk(id, i).unwrap() {
+                Some(p) if !p.is_empty() => out.extend_from_slice(&p),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_staged_file_becomes_the_spool_file_without_a_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let message: Vec<u8> = (0..2_500_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let file = staged(dir.path(), &message);
+        let inode = file.file.metadata().unwrap().ino();
+        let id = MessageId::generate();
+        let body = MessageBody::Staged {
+            head: b"Received: here\r\n".to_vec(),
+            file,
+        };
+        spool.write_body(id, &body).unwrap();
+
+        // The same file, now with a name: linked, not copied.
+        let meta = fs::metadata(spool.path(id)).unwrap();
+        assert_eq!(meta.ino(), inode);
+        assert_eq!(meta.nlink(), 1);
+        let mut expected = b"Received: here\r\n".to_vec();
+        expected.extend_from_slice(&message);
+        assert_eq!(spool.body_len(id).unwrap(), Some(expected.len() as u64));
+        assert!(whole(&spool, id) == expected);
+        // The room in front is a hole: it takes no disk blocks beyond the
+        // one the prefix is in and the one or two `head` is in.
+        assert!(meta.blocks() * 512 < expected.len() as u64 + 3 * 4096);
+
+        // Set aside, it is a plain message again.
+        spool.set_aside(id).unwrap();
+        assert!(!spool.path(id).exists());
+        let aside = fs::read(dir.path().join("quarantine").join(id.to_string())).unwrap();
+        assert!(aside == expected);
+    }
+
+    #[test]
+    fn a_staged_file_without_room_for_its_head_is_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let message = vec![b'x'; 100_000];
+        let file = staged(dir.path(), &message);
+        let inode = file.file.metadata().unwrap().ino();
+        let head = vec![b'h'; crate::STAGED_ROOM as usize];
+        let id = MessageId::generate();
+        spool
+            .write_body(
+                id,
+                &MessageBody::Staged {
+                    head: head.clone(),
+                    file,
+                },
+            )
+            .unwrap();
+        assert_ne!(fs::metadata(spool.path(id)).unwrap().ino(), inode);
+        let mut expected = head;
+        expected.extend_from_slice(&message);
+        assert!(body(id, &spool) == expected, "a plain file, no prefix");
+        assert_eq!(spool.body_len(id).unwrap(), Some(expected.len() as u64));
+
+        // Released, a linked file goes as any other does.
+        let linked = MessageId::generate();
+        let file = staged(dir.path(), &message);
+        spool
+            .write_body(
+                linked,
+                &MessageBody::Staged {
+                    head: b"H: 1\r\n".to_vec(),
+                    file,
+                },
+            )
+            .unwrap();
+        spool.recycle(linked);
+        assert!(!spool.path(linked).exists());
+        assert_eq!(spool.body_len(linked).unwrap(), None);
     }
 
     #[test]

@@ -1028,12 +1028,10 @@ impl Store for SqliteStore {
         }
         let spool = self.spool.clone();
         let head = tokio::task::spawn_blocking(move || {
-            let n = match std::fs::metadata(spool.path(id)) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(n) = spool.body_len(id)? else {
+                return Ok(None);
             };
-            Ok(spool.read_chunk(id, 0)?.map(|piece| (n, piece)))
+            Ok::<_, std::io::Error>(spool.read_chunk(id, 0)?.map(|piece| (n, piece)))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
@@ -1049,11 +1047,7 @@ impl Store for SqliteStore {
         if let Some(n) = inline {
             return Ok(Some(n as u64));
         }
-        match std::fs::metadata(self.spool.path(id)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.spool.body_len(id)?)
     }
 
     async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()> {

@@ -2,6 +2,8 @@ use std::collections::BTreeMap;
 
 use tern_core::{DeliveryStatus, Envelope, MessageId, RecipientState};
 
+use crate::StagedFile;
+
 /// A message ready to be made durable.
 #[derive(Debug)]
 pub struct NewMessage {
@@ -50,8 +52,9 @@ pub enum MessageBody {
     Memory(Vec<u8>),
     /// A large message, written to a file as it arrived so that it was
     /// never held whole in memory: `head` (the header fields Tern adds)
-    /// goes in front of the file's content. The store copies it into place
-    /// without reading it into memory.
+    /// goes in front of the file's content. The store writes `head` into
+    /// the room left for it and links the file into place, or copies it
+    /// in the kernel; it never reads the message into memory.
     Staged { head: Vec<u8>, file: StagedFile },
 }
 
@@ -86,10 +89,11 @@ impl MessageBody {
                 let from = start.max(h);
                 if end > from {
                     let f = file.file.try_clone()?;
+                    let at = file.start + (from - h);
                     let rest = tokio::task::spawn_blocking(move || {
                         use std::os::unix::fs::FileExt;
                         let mut rest = vec![0u8; (end - from) as usize];
-                        f.read_exact_at(&mut rest, from - h).map(|_| rest)
+                        f.read_exact_at(&mut rest, at).map(|_| rest)
                     })
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
@@ -105,36 +109,6 @@ impl From<Vec<u8>> for MessageBody {
     fn from(b: Vec<u8>) -> MessageBody {
         MessageBody::Memory(b)
     }
-}
-
-/// A message received into a file (see `MessageBody::Staged`). The file
-/// has no name: it goes away with its last handle, so a transaction that
-/// fails, or a crash, leaves nothing behind to clean up.
-#[derive(Debug)]
-pub struct StagedFile {
-    pub file: std::fs::File,
-    /// The octets of the message in the file.
-    pub len: u64,
-}
-
-/// Appends `len` octets of `src`, from `from` on, to `dst`, copied by the
-/// kernel (`copy_file_range`), never through memory. Blocking.
-pub fn copy_file_part(
-    src: &std::fs::File,
-    from: u64,
-    len: u64,
-    dst: &mut std::fs::File,
-) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut src = src;
-    src.seek(SeekFrom::Start(from))?;
-    let copied = std::io::copy(&mut src.take(len), dst)?;
-    if copied != len {
-        return Err(std::io::Error::other(format!(
-            "file shorter than expected: {copied} of {len} octets"
-        )));
-    }
-    Ok(())
 }
 
 /// What a sender labelled a message with, plus its subject for search.

@@ -1,23 +1,18 @@
 //! Message data as it arrives (DATA, RFC 5321 4.1.1.4; BDAT, RFC 3030):
-//! in memory while it is small, and past `SPILL_AT` in a file, so that a
-//! large message is never held whole in memory, however many sessions
-//! send one at once.
-//!
-//! The file has no name (`O_TMPFILE`, or created and unlinked at once): it
-//! goes away with its last handle, so a refused message, a dropped
-//! connection or a crash leaves nothing to clean up. Nothing is fsynced
-//! here; the store makes the message durable when it commits it.
+//! in memory while it is small, and past `SPILL_AT` in a file
+//! (`tern_store::StagedFile`, unnamed, with room in front for Tern's header
+//! fields), so that a large message is never held whole in memory,
+//! however many sessions send one at once.
 //!
 //! Once the data is complete the checks (sender, DKIM, SPF, DMARC, ARC)
 //! read the file through a read-only memory map: its pages are the page
 //! cache's, which the kernel can drop and read again, not memory of Tern's
-//! own. The store then copies the file into place in the kernel.
+//! own. The store then makes the file the stored message: Tern's header
+//! fields go into the room, and the file is linked into place.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use tern_store::{MessageBody, StagedFile};
 
 /// Octets held in memory before they go to a file: the most a session
@@ -29,9 +24,7 @@ pub(crate) const SPILL_AT: usize = 1 << 20;
 pub(crate) struct Incoming {
     /// Octets not yet in the file (all of them, while the message is small).
     buf: Vec<u8>,
-    file: Option<File>,
-    /// Octets in the file.
-    written: u64,
+    file: Option<StagedFile>,
     /// Writing the file failed: the message will be refused, temporarily.
     failed: Option<std::io::Error>,
 }
@@ -56,7 +49,7 @@ impl Incoming {
 
     /// Octets received so far.
     pub(crate) fn len(&self) -> u64 {
-        self.written + self.buf.len() as u64
+        self.file.as_ref().map_or(0, |f| f.len) + self.buf.len() as u64
     }
 
     /// Moves what is held in memory to the file, once there is enough of
@@ -79,21 +72,19 @@ impl Incoming {
         let written = tokio::task::spawn_blocking(move || {
             let mut f = match file {
                 Some(f) => f,
-                None => tempfile::tempfile_in(&dir)?,
+                None => StagedFile::create_in(&dir)?,
             };
-            f.write_all(&buf)?;
-            let n = buf.len() as u64;
+            f.append(&buf)?;
             buf.clear();
-            Ok::<_, std::io::Error>((f, buf, n))
+            Ok::<_, std::io::Error>((f, buf))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r);
         match written {
-            Ok((f, buf, n)) => {
+            Ok((f, buf)) => {
                 self.file = Some(f);
                 self.buf = buf;
-                self.written += n;
             }
             Err(e) => self.failed = Some(e),
         }
@@ -123,17 +114,23 @@ pub(crate) enum Received {
     Memory(Vec<u8>),
     /// In a file, read through a memory map.
     Mapped {
-        file: File,
+        file: StagedFile,
         map: Mmap,
     },
 }
 
 impl Received {
-    fn map(file: File) -> std::io::Result<Received> {
+    fn map(file: StagedFile) -> std::io::Result<Received> {
         // SAFETY: the file has no name and no other handle: nothing else
-        // can write or truncate it while it is mapped, and it is not
-        // written again after this.
-        let map = unsafe { Mmap::map(&file)? };
+        // can write or truncate it while it is mapped, and the message's
+        // octets are not written again (the store writes only into the
+        // room in front of them).
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(file.start)
+                .len(file.len as usize)
+                .map(&file.file)?
+        };
         Ok(Received::Mapped { file, map })
     }
 
@@ -160,14 +157,10 @@ impl Received {
                 Ok(Received::Memory(out))
             }
             Received::Mapped { file, map } => {
-                let rest = (map.len() - from) as u64;
                 drop(map);
                 let dir = dir.to_path_buf();
                 tokio::task::spawn_blocking(move || {
-                    let mut out = tempfile::tempfile_in(&dir)?;
-                    out.write_all(&head)?;
-                    tern_store::copy_file_part(&file, from as u64, rest, &mut out)?;
-                    Received::map(out)
+                    Received::map(file.with_head(&head, from as u64, &dir)?)
                 })
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -186,12 +179,8 @@ impl Received {
                 MessageBody::Memory(message)
             }
             Received::Mapped { file, map } => {
-                let len = map.len() as u64;
                 drop(map);
-                MessageBody::Staged {
-                    head,
-                    file: StagedFile { file, len },
-                }
+                MessageBody::Staged { head, file }
             }
         }
     }
