@@ -165,6 +165,14 @@ impl Spool {
         staged.file.write_all_at(head, start)?;
         let path = self.path(id);
         if let Err(e) = link_unnamed(&staged.file, &path) {
+            if !cannot_link_here(&e) {
+                return Err(e);
+            }
+            // Said once at `warn`: every large message will be copied.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(error = %e, "large messages cannot be linked into the spool here; copying them")
+            });
             tracing::debug!(error = %e, "could not link a staged file; copying it");
             return Ok(false);
         }
@@ -221,21 +229,7 @@ impl Spool {
 
     /// A body's file, where its message starts in it, and its length.
     fn open_body(&self, id: MessageId) -> std::io::Result<(File, u64, u64)> {
-        let f = File::open(self.path(id))?;
-        let size = f.metadata()?.len();
-        let mut prefix = [0u8; LINKED_PREFIX as usize];
-        let start = match f.read_exact_at(&mut prefix, 0) {
-            Ok(()) if prefix[..8] == LINKED_MAGIC => {
-                u64::from_le_bytes(prefix[8..].try_into().expect("8 octets"))
-            }
-            Ok(()) => 0,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(e),
-        };
-        // A file cut short (by hand, or a damaged disk) reads as short;
-        // the queue compares the length with the message's size.
-        let len = size.saturating_sub(start);
-        Ok((f, start.min(size), len))
+        open_message(&self.path(id))
     }
 
     /// The length of a body, or `None` when it has no file.
@@ -316,27 +310,35 @@ impl Spool {
         }
     }
 
-    /// Moves a body to `quarantine/` beside the spool, for inspection. A
-    /// linked file's message is copied out of it, so that every file
-    /// there is a plain message.
+    /// Moves a body to `quarantine/` beside the spool, for inspection.
+    /// The file is renamed as it is, so that what is found damaged is kept
+    /// whole; a linked file whose prefix is intact is then rewritten as
+    /// the plain message (through a temporary file renamed over it), so
+    /// that the files there can be read or sent again as they are.
+    /// Blocking: call from a blocking thread.
     pub fn set_aside(&self, id: MessageId) -> std::io::Result<()> {
         let dir = self.dir.with_file_name("quarantine");
         fs::create_dir_all(&dir)?;
         let to = dir.join(id.to_string());
-        let result = match self.open_body(id) {
-            Ok((f, start, len)) if start > 0 => {
-                let mut out = File::create(&to)?;
+        match fs::rename(self.path(id), &to) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        }
+        let (f, start, len) = open_message(&to)?;
+        if start > 0 && len > 0 {
+            let plain = dir.join(format!("{id}.tmp"));
+            let written = (|| {
+                let mut out = File::create(&plain)?;
                 crate::copy_file_part(&f, start, len, &mut out)?;
                 out.sync_data()?;
-                fs::remove_file(self.path(id))
+                fs::rename(&plain, &to)
+            })();
+            if let Err(e) = written {
+                let _ = fs::remove_file(&plain);
+                tracing::warn!(%id, error = %e, "quarantined body kept with its spool prefix");
             }
-            Ok(_) => fs::rename(self.path(id), to),
-            Err(e) => Err(e),
-        };
-        match result {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// Every id that has a body file. Files that are not ours are ignored.
@@ -350,6 +352,46 @@ impl Spool {
         }
         Ok(ids)
     }
+}
+
+/// A spool file, where its message starts in it (after the prefix and
+/// room of a linked file), and the message's length.
+fn open_message(path: &Path) -> std::io::Result<(File, u64, u64)> {
+    let f = File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut prefix = [0u8; LINKED_PREFIX as usize];
+    let start = match f.read_exact_at(&mut prefix, 0) {
+        Ok(()) if prefix[..8] == LINKED_MAGIC => {
+            u64::from_le_bytes(prefix[8..].try_into().expect("8 octets"))
+        }
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+        Err(e) => return Err(e),
+    };
+    // A file cut short (by hand, or a damaged disk) reads as short; the
+    // queue compares the length with the message's size.
+    let len = size.saturating_sub(start);
+    Ok((f, start.min(size), len))
+}
+
+/// Whether linking failed because this system cannot link an unnamed file
+/// into the spool (so copying is the way), rather than because the disk
+/// failed or is full (which copying would not get past either).
+fn cannot_link_here(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EXDEV // the spool on another file system than data_dir
+                | libc::ENOENT // no O_TMPFILE (the file was unlinked), or no /proc
+                | libc::EPERM
+                | libc::EACCES
+                | libc::EOPNOTSUPP
+                | libc::EINVAL
+                | libc::ENOSYS
+                | libc::EMLINK
+                | libc::ELOOP
+        )
+    )
 }
 
 /// Gives an unnamed file (`O_TMPFILE`) the name `path`. The file's
@@ -489,21 +531,46 @@ mod tests {
         assert!(body(id, &spool) == expected, "a plain file, no prefix");
         assert_eq!(spool.body_len(id).unwrap(), Some(expected.len() as u64));
 
-        // Released, a linked file goes as any other does.
+        // Released, a linked file goes into `.free/` like any small file;
+        // written over, it is a plain file again, prefix and room gone.
         let linked = MessageId::generate();
         let file = staged(dir.path(), &message);
+        let inode = file.file.metadata().unwrap().ino();
+        let head = b"H: 1\r\n".to_vec();
         spool
-            .write_body(
-                linked,
-                &MessageBody::Staged {
-                    head: b"H: 1\r\n".to_vec(),
-                    file,
-                },
-            )
+            .write_body(linked, &MessageBody::Staged { head, file })
             .unwrap();
         spool.recycle(linked);
         assert!(!spool.path(linked).exists());
         assert_eq!(spool.body_len(linked).unwrap(), None);
+        let reused = MessageId::generate();
+        spool
+            .write(reused, b"Subject: reused\r\n\r\nhi\r\n")
+            .unwrap();
+        assert_eq!(fs::metadata(spool.path(reused)).unwrap().ino(), inode);
+        assert_eq!(body(reused, &spool), b"Subject: reused\r\n\r\nhi\r\n");
+        assert_eq!(spool.body_len(reused).unwrap(), Some(23));
+    }
+
+    #[test]
+    fn a_damaged_linked_file_is_set_aside_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let id = MessageId::generate();
+        let file = staged(dir.path(), &[b'm'; 200_000]);
+        let head = b"H: 1\r\n".to_vec();
+        spool
+            .write_body(id, &MessageBody::Staged { head, file })
+            .unwrap();
+        // Cut short inside the room: no message left to copy out.
+        let f = OpenOptions::new().write(true).open(spool.path(id)).unwrap();
+        f.set_len(1000).unwrap();
+        assert_eq!(spool.body_len(id).unwrap(), Some(0));
+        spool.set_aside(id).unwrap();
+        let aside = fs::read(dir.path().join("quarantine").join(id.to_string())).unwrap();
+        assert_eq!(aside.len(), 1000, "kept as found");
+        assert_eq!(aside[..8], LINKED_MAGIC);
+        assert!(!spool.path(id).exists());
     }
 
     #[test]

@@ -1047,7 +1047,10 @@ impl Store for SqliteStore {
         if let Some(n) = inline {
             return Ok(Some(n as u64));
         }
-        Ok(self.spool.body_len(id)?)
+        let spool = self.spool.clone();
+        Ok(tokio::task::spawn_blocking(move || spool.body_len(id))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??)
     }
 
     async fn quarantine(&self, id: MessageId, reason: &str) -> Result<()> {
@@ -1057,7 +1060,10 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         fail_pending(&mut tx, id, &detail, "quarantined", reason, now).await?;
         tx.commit().await?;
-        self.spool.set_aside(id)?;
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.set_aside(id))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         Ok(())
     }
 

@@ -9,9 +9,10 @@
 //! in front is a hole (it takes no disk blocks) kept for the header fields
 //! Tern puts in front of the message once it has checked it (`Received:`,
 //! `Authentication-Results:`, `DKIM-Signature:`), which are known only at
-//! the end. With them written into the room, the file is the stored
-//! message as it is: the SQLite store links it into the spool instead of
-//! copying it there (see `spool.rs`), so a large message is written once.
+//! the end. The SQLite store writes them, and a prefix saying where the
+//! message starts, into the room and links the file into the spool
+//! instead of copying it there (see `spool.rs`): a large message is
+//! written once.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
