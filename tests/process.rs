@@ -197,6 +197,45 @@ async fn bad_config_stops_start_up_naming_the_key() {
     }
 }
 
+/// Logs written to a pipe (a file, journald, a log shipper) are plain
+/// text: no colour escape sequences.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::new(tmp.path());
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&node.config)
+        .arg("serve")
+        .env("TERN_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(node.smtp).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap();
+    let (status, err) = out;
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains(" INFO ") && err.contains("shutting down"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "escape codes in the log: {err:?}");
+}
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")

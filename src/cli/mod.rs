@@ -150,7 +150,18 @@ pub(crate) fn fd_limit() -> Option<u64> {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    // Standard error, so that a command's output on standard output
+    // (`tern queue list`, `tern apikey create`) is never mixed with log
+    // lines. Colours for a terminal only: in a file, journald or a log
+    // shipper the escape sequences are noise in every line (NO_COLOR, as
+    // no-color.org asks, turns them off on a terminal too).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
 }
