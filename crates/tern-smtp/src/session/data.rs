@@ -5,6 +5,7 @@ use tern_core::{Envelope, MessageId};
 use tern_proto::{ChunkChecker, DataError, DataReader, Reply, ReversePath};
 use tern_store::MessageInfo;
 
+use super::incoming::Received;
 use super::{Session, State, Transaction};
 use crate::headers::{self, TraceInfo};
 use crate::submit::Refusal;
@@ -154,6 +155,9 @@ impl Session {
         // Before anything reads the header.
         let max_header = self.ctx.config.limits.max_header_size;
         if let Err(e) = headers::check_header_section(received.bytes(), max_header) {
+            if let Some(reply) = self.unreadable(&received) {
+                return self.reply(reply);
+            }
             let reply = match e {
                 headers::HeaderError::TooLarge(_) => Reply::new(552, "5.3.4", e.to_string()),
                 headers::HeaderError::StartsFolded => Reply::new(550, "5.6.0", e.to_string()),
@@ -169,6 +173,9 @@ impl Session {
                 .check_from_header(tern_auth::Sender::User(&user), received.bytes())
                 .await
             {
+                if let Some(reply) = self.unreadable(&received) {
+                    return self.reply(reply);
+                }
                 let reply = refusal_reply(&refusal);
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.reject(
@@ -191,6 +198,9 @@ impl Session {
         let checks = match self.inbound_checks(&tx, received.bytes()).await {
             Ok(headers) => headers,
             Err(reply) => {
+                if let Some(reply) = self.unreadable(&received) {
+                    return self.reply(reply);
+                }
                 tracing::info!(peer = %self.peer, reason = %reply, "message refused");
                 self.reject(
                     &tx.sender,
@@ -251,7 +261,10 @@ impl Session {
             ..MessageInfo::default()
         };
         let staged = received.is_staged();
-        let message = received.into_body(head);
+        let message = match received.into_body(head) {
+            Ok(message) => message,
+            Err(e) => return self.reply(self.cannot_keep(&e.to_string())),
+        };
         let envelope = Envelope {
             sender: match tx.sender {
                 ReversePath::Null => None,
@@ -287,6 +300,15 @@ impl Session {
     fn cannot_keep(&self, error: &str) -> Reply {
         tracing::error!(peer = %self.peer, error, "cannot keep message data");
         storage_failure(error)
+    }
+
+    /// The answer when reading the message failed (`Received::read_error`):
+    /// a check that refused it read something else than the message, so
+    /// the client is told to try again rather than refused for good.
+    fn unreadable(&self, received: &Received) -> Option<Reply> {
+        received
+            .read_error()
+            .map(|e| self.cannot_keep(&e.to_string()))
     }
 }
 

@@ -12,8 +12,10 @@
 
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::MmapOptions;
 use tern_store::{MessageBody, StagedFile};
+
+use super::mapguard::GuardedMap;
 
 /// Octets held in memory before they go to a file: the most a session
 /// holds of a message at a time (plus one read).
@@ -115,7 +117,7 @@ pub(crate) enum Received {
     /// In a file, read through a memory map.
     Mapped {
         file: StagedFile,
-        map: Mmap,
+        map: GuardedMap,
     },
 }
 
@@ -131,13 +133,28 @@ impl Received {
                 .len(file.len as usize)
                 .map(&file.file)?
         };
-        Ok(Received::Mapped { file, map })
+        Ok(Received::Mapped {
+            file,
+            map: GuardedMap::new(map),
+        })
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Received::Memory(b) => b,
-            Received::Mapped { map, .. } => map,
+            Received::Mapped { map, .. } => map.bytes(),
+        }
+    }
+
+    /// Whether reading the message failed (a disk error under the memory
+    /// map, see `mapguard`): then what was read is not the message, and
+    /// nothing may be decided from it.
+    pub(crate) fn read_error(&self) -> Option<std::io::Error> {
+        match self {
+            Received::Mapped { map, .. } if map.damaged() => Some(std::io::Error::other(
+                "read error in the message's file (see the kernel log)",
+            )),
+            _ => None,
         }
     }
 
@@ -150,6 +167,9 @@ impl Received {
         from: usize,
         dir: &Path,
     ) -> std::io::Result<Self> {
+        if let Some(e) = self.read_error() {
+            return Err(e);
+        }
         match self {
             Received::Memory(b) => {
                 let mut out = head;
@@ -170,9 +190,12 @@ impl Received {
 
     /// The message as it goes to the store: `head` (the header fields Tern
     /// adds) in front. A small message is joined in memory; a large one
-    /// stays in its file.
-    pub(crate) fn into_body(self, head: Vec<u8>) -> MessageBody {
-        match self {
+    /// stays in its file. An error when reading it failed (`read_error`).
+    pub(crate) fn into_body(self, head: Vec<u8>) -> std::io::Result<MessageBody> {
+        if let Some(e) = self.read_error() {
+            return Err(e);
+        }
+        Ok(match self {
             Received::Memory(b) => {
                 let mut message = head;
                 message.extend_from_slice(&b);
@@ -182,7 +205,7 @@ impl Received {
                 drop(map);
                 MessageBody::Staged { head, file }
             }
-        }
+        })
     }
 
     pub(crate) fn is_staged(&self) -> bool {
@@ -224,7 +247,7 @@ mod tests {
         let r = receive(&m, dir.path()).await;
         assert!(!r.is_staged());
         assert_eq!(r.bytes(), m);
-        let MessageBody::Memory(b) = r.into_body(b"X: 1\r\n".to_vec()) else {
+        let MessageBody::Memory(b) = r.into_body(b"X: 1\r\n".to_vec()).unwrap() else {
             panic!("a small message is joined in memory")
         };
         assert_eq!(&b[..6], b"X: 1\r\n");
@@ -252,10 +275,35 @@ mod tests {
         assert!(r.is_staged());
         assert!(r.bytes()[..18] == *b"Subject: other\r\n\r\n");
         assert!(r.bytes()[18..] == m[end..]);
-        let MessageBody::Staged { head, file } = r.into_body(b"X: 1\r\n".to_vec()) else {
+        let MessageBody::Staged { head, file } = r.into_body(b"X: 1\r\n".to_vec()).unwrap() else {
             panic!("a large message stays in its file")
         };
         assert_eq!(head, b"X: 1\r\n");
         assert_eq!(file.len, (18 + m.len() - end) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_read_error_in_the_file_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = message(2 * SPILL_AT);
+        let r = receive(&m, dir.path()).await;
+        assert!(r.read_error().is_none());
+        let Received::Mapped { file, .. } = &r else {
+            panic!("staged")
+        };
+        // What a disk error does to reads of the map: cut the file short.
+        file.file.set_len(file.start + 4096).unwrap();
+        let read = r.bytes().iter().filter(|b| **b != 0).count();
+        assert_eq!(read, 4096, "the rest reads as zeros");
+        assert!(r.read_error().is_some());
+        assert!(r.into_body(b"X: 1\r\n".to_vec()).is_err());
+
+        let r = receive(&m, dir.path()).await;
+        let Received::Mapped { file, .. } = &r else {
+            panic!("staged")
+        };
+        file.file.set_len(file.start + 4096).unwrap();
+        let _ = r.bytes().iter().map(|b| *b as u64).sum::<u64>();
+        assert!(r.replace_head(Vec::new(), 0, dir.path()).await.is_err());
     }
 }

@@ -8,6 +8,7 @@ mod data;
 mod ehlo;
 mod incoming;
 mod mail;
+mod mapguard;
 mod rcpt;
 
 use std::net::SocketAddr;
