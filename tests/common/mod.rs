@@ -257,11 +257,17 @@ impl Client {
 
     /// Connects without reading anything.
     pub async fn connect_silent(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).await.expect("connect");
-        Client {
+        Client::try_connect_silent(addr).await.expect("connect")
+    }
+
+    /// As `connect_silent`, for a server that may be down.
+    #[allow(dead_code)]
+    pub async fn try_connect_silent(addr: SocketAddr) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr).await?;
+        Ok(Client {
             io: BufReader::new(Box::new(s)),
             cert: None,
-        }
+        })
     }
 
     /// Connects with TLS from the first byte, trusting `cert`.
@@ -277,8 +283,13 @@ impl Client {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.io.get_mut().write_all(bytes).await.expect("write");
-        self.io.get_mut().flush().await.expect("flush");
+        self.try_send(bytes).await.expect("write");
+    }
+
+    /// As `send`, for a server that may go away while it reads.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.get_mut().write_all(bytes).await?;
+        self.io.get_mut().flush().await
     }
 
     /// Reads one reply (all its lines); panics on EOF or after 10 s.
