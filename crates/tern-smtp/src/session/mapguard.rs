@@ -231,15 +231,27 @@ mod tests {
     /// looping).
     #[test]
     fn an_unguarded_fault_still_ends_the_process() {
-        use std::os::unix::process::ExitStatusExt;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
             .args(["--exact", "session::mapguard::tests::unguarded_fault_child"])
             .args(["--include-ignored", "--nocapture", "--test-threads=1"])
             .env("TERN_MAPGUARD_CHILD", "1")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::null());
+        // No core file from the crash it is meant to have.
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(|| {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
