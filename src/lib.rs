@@ -72,6 +72,7 @@ impl Server {
         let config = Arc::new(config);
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        warn_if_open(&config.data_dir);
         // One server per data directory: a second one's start-up sweep would
         // remove bodies the first has written but not yet committed.
         let lock = lock_data_dir(&config.data_dir)?;
@@ -219,6 +220,23 @@ impl Server {
 
 /// Takes an exclusive advisory lock on `<data_dir>/tern.lock`, released when
 /// the process exits however it exits (the kernel drops flock locks).
+/// Says so when other users may enter the data directory: it holds mail,
+/// password hashes and DKIM private keys. Not changed here: the operator
+/// may have opened it on purpose (a mail reader running as another user).
+fn warn_if_open(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data directory is open to other users; it holds mail, password hashes and DKIM keys (chmod 700)"
+            );
+        }
+    }
+}
+
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("tern.lock");

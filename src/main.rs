@@ -10,6 +10,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Everything Tern creates is its own user's only: queued and delivered
+    // mail, password hashes and DKIM private keys (in tern.db). Postfix
+    // keeps its queue and the mailboxes it writes the same way.
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = tern::cli::Cli::parse();
     match tern::cli::run(cli).await {
         Ok(code) => code,

@@ -201,8 +201,13 @@ async fn bad_config_stops_start_up_naming_the_key() {
 /// text: no colour escape sequences.
 #[tokio::test]
 async fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::new(tmp.path());
+    // A data directory others may enter gets a warning.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&node.config)
@@ -234,6 +239,60 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         "{err}"
     );
     assert!(!err.contains('\x1b'), "escape codes in the log: {err:?}");
+    assert!(err.contains("open to other users"), "{err}");
+}
+
+/// Everything Tern creates is its own user's only: the data directory,
+/// the database (password hashes, DKIM keys), queued bodies, delivered
+/// mail.
+#[tokio::test]
+async fn what_tern_creates_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::with_config(tmp.path(), "[store]\ninline_body_max = 0\n");
+    let out = node.tern(&["user", "add", "alice"], Some("pw-alice\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    node.start().await;
+    let mut c = Client::connect(node.submission).await;
+    c.ehlo().await;
+    let mut c = c.starttls(&node.cert()).await;
+    c.ehlo().await;
+    c.auth_plain("alice", "pw-alice", "235").await;
+    let r = c
+        .mail(
+            "alice@example.test",
+            &["alice@example.test", "carol@remote.test"],
+            "Subject: private\r\n\r\nfor alice only\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.mailbox("alice").is_empty() {
+        assert!(Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = tmp.path().join("data");
+    assert_eq!(mode(&data), 0o700, "data_dir");
+    assert_eq!(mode(&data.join("tern.db")), 0o600, "tern.db");
+    // The remote recipient waits: its body is in the spool.
+    let spooled: Vec<_> = std::fs::read_dir(data.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    assert_eq!(mode(&spooled[0]), 0o600, "spool file");
+    let mailbox = data.join("mail/example.test/alice");
+    assert_eq!(mode(&mailbox), 0o700, "mailbox");
+    let delivered = std::fs::read_dir(mailbox.join("new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&delivered), 0o600, "delivered message");
+    assert!(node.terminate().success());
 }
 
 fn have(tool: &str) -> bool {
