@@ -1175,6 +1175,21 @@ async fn every_validation_error_names_its_field() {
     let huge = with(|v| v["text"] = json!("y".repeat(200_000)));
     let r = api.post("/api/v1/messages", &send, &huge).await;
     assert_error(&r, 413, "too_large", None, "an oversize request body");
+    // Answered before the body was read: the connection closes after it,
+    // and the answer says so (RFC 9112 9.6), or the client would send its
+    // next request on a connection about to close.
+    let connection = |r: &Resp| {
+        r.headers
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(connection(&r).as_deref(), Some("close"));
+    // A body read to its end leaves the connection open.
+    let r = api
+        .post("/api/v1/messages", &send, &with(|v| v["tags"] = json!(5)))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(connection(&r), None);
 
     // Limits are inclusive: 20 tags and metadata keys, 3 recipients.
     let tags: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
@@ -1409,13 +1424,19 @@ async fn keys_and_scopes() {
         )
         .await
         .unwrap();
-        let mut head = vec![0u8; 64];
+        let mut head = vec![0u8; 1024];
         let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut head))
             .await
             .expect("answered without waiting for the body")
             .unwrap();
         let head = String::from_utf8_lossy(&head[..n]).to_string();
         assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
+        // And it says the connection closes: the body was not read.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{path}: {head}"
+        );
     }
 
     // Every /api/v1 route needs a key; the operational ones do not.

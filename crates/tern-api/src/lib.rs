@@ -10,6 +10,7 @@ mod openapi;
 mod ops;
 mod send;
 mod serve;
+mod unread;
 mod views;
 pub mod webhooks;
 
@@ -123,5 +124,6 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(ctx)
 }
