@@ -62,6 +62,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// Held (flock) while the server runs.
     _lock: std::fs::File,
+    /// Keeps this node's name (PostgreSQL) while the server runs.
+    _node: tern_store::NodeHold,
 }
 
 impl Server {
@@ -77,6 +79,10 @@ impl Server {
         // remove bodies the first has written but not yet committed.
         let lock = lock_data_dir(&config.data_dir)?;
         let store = open_store(&config).await?;
+        // Before anything listens: a node refused for its name never
+        // answered a connection. (PostgreSQL: an advisory lock; the
+        // embedded store has the data directory's lock.)
+        let node_hold = store.hold_node_name().await?;
         let tls = tern_smtp::tls::server_config(&config).context("loading TLS certificate")?;
         let bound = tern_smtp::bind_all(&config.listener).await?;
         let api_listener = match config.api.listen.filter(|_| config.api.enabled) {
@@ -87,8 +93,8 @@ impl Server {
             ),
             None => None,
         };
-        // Leases this node still holds died with its previous process (for
-        // the embedded store the lock says it is the only node); their next
+        // Leases this node still holds died with its previous process
+        // (no other live node has its name: `node_hold`); their next
         // attempt was written before they started.
         store.release_leases().await.context("releasing leases")?;
         let swept = store.sweep().await.context("sweeping the spool")?;
@@ -197,6 +203,7 @@ impl Server {
             shutdown,
             tasks,
             _lock: lock,
+            _node: node_hold,
         })
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::dns::TestDns;
 use common::fake_smtp::{free_port, FakeSmtp, Script};
-use common::node::{text, Node};
+use common::node::{text, Node, BIN};
 use common::Client;
 use tern_store::testkit::ScratchDb;
 
@@ -224,4 +224,54 @@ async fn a_killed_nodes_work_is_delivered_by_another_after_its_leases_expire() {
     pool.close().await;
     assert!(b.terminate().success());
     db.drop_db().await;
+}
+
+/// Nodes named alike would end each other's leases when they start: a
+/// second node with a running node's name is refused, naming the setting,
+/// and starts once the first has stopped.
+#[tokio::test]
+async fn a_second_node_with_the_same_name_is_refused() {
+    let Some(db) = ScratchDb::create().await else {
+        return;
+    };
+    let dns = TestDns::start("remote.test A 127.0.0.2\n").await;
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = node(da.path(), &db, "mx", &dns, 2525);
+    let mut b = node(db_dir.path(), &db, "mx", &dns, 2525);
+    a.start().await;
+
+    let mut second = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&b.config)
+        .arg("serve")
+        .env("TERN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second node with the same name started");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("node name \"mx\" is in use by another running node")
+            && err.contains("node_id"),
+        "{err}"
+    );
+
+    // Once the first is gone, its name is free.
+    assert!(a.terminate().success());
+    b.start().await;
+    assert!(b.terminate().success());
 }

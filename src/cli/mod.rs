@@ -108,11 +108,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "the open-files limit is below max_connections + 100; raise it (ulimit -n, LimitNOFILE=) or connections will be refused"
         );
     }
+    // Before anything listens: a stop asked for while the server starts
+    // (its ports may already take connections) is a graceful stop once it
+    // has started, never the default action of ending the process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let server = crate::Server::start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");

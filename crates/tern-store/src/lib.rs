@@ -33,6 +33,26 @@ pub enum StoreError {
     Exists(String),
     #[error("the store is shutting down")]
     Closed,
+    #[error(
+        "node name {0:?} is in use by another running node: give each node \
+         its own [store] node_id (it defaults to the hostname)"
+    )]
+    NodeInUse(String),
+}
+
+/// What keeps a node's name this process's (see `Store::hold_node_name`);
+/// the name is let go when it is dropped, or when the process ends.
+#[derive(Debug, Default)]
+pub struct NodeHold {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for NodeHold {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -66,6 +86,14 @@ pub trait Store: ApiStore + Send + Sync + 'static {
         policy: &RetryPolicy,
         limit: usize,
     ) -> Result<Vec<DueRecipient>>;
+
+    /// Makes this process the only live one with this node's name (its
+    /// leases' owner) for as long as the returned hold lives: an error
+    /// (`NodeInUse`) when another running process has the name. Taken by
+    /// the server at start, before `release_leases`, so that a node never
+    /// ends another live node's leases. The embedded store has one node
+    /// (its data directory is locked), so it holds nothing.
+    async fn hold_node_name(&self) -> Result<NodeHold>;
 
     /// Ends this node's leases: for a node starting up, whose earlier
     /// process can no longer be delivering.

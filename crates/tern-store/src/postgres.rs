@@ -232,6 +232,60 @@ async fn insert_event(
     Ok(())
 }
 
+/// Takes `node` on `conn`: a session advisory lock, which PostgreSQL lets
+/// go when the connection ends, however the process ends. `false` when
+/// another session has it.
+async fn lock_node_name(conn: &mut sqlx::PgConnection, node: &str) -> Result<bool> {
+    // If this node's machine dies, PostgreSQL learns that its connection
+    // is gone (and lets the name go) from TCP keepalives: after about 25 s
+    // instead of the system's default two hours. No effect over a Unix
+    // socket, where a dead peer is seen at once.
+    sqlx::query(
+        "SELECT set_config('tcp_keepalives_idle', '10', false),
+                set_config('tcp_keepalives_interval', '5', false),
+                set_config('tcp_keepalives_count', '3', false)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("tern node {node}"))
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Keeps the connection that holds the node's name alive, and when it is
+/// lost (the database restarted) takes the name again on a new one.
+async fn keep_node_name(mut conn: sqlx::PgConnection, pool: PgPool, node: String) {
+    const EVERY: Duration = Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(EVERY).await;
+        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+            continue;
+        }
+        let mut said = false;
+        conn = loop {
+            if let Ok(c) = pool.acquire().await {
+                let mut c = c.detach();
+                match lock_node_name(&mut c, &node).await {
+                    Ok(true) => break c,
+                    Ok(false) if !said => {
+                        said = true;
+                        tracing::error!(
+                            node,
+                            "another running node has this node's name: give each node its own [store] node_id"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(EVERY).await;
+        };
+        tracing::info!(node, "holding this node's name again");
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>> {
@@ -300,6 +354,29 @@ impl Store for PgStore {
         tx.commit().await?;
         due.sort_by_key(|d| (d.message_id, d.idx));
         Ok(due)
+    }
+
+    async fn hold_node_name(&self) -> Result<crate::NodeHold> {
+        // A node that has just stopped lets its name go when PostgreSQL
+        // sees its connection close: at once when the process ended, within
+        // the keepalive time below when its machine died. Worth a short
+        // wait before taking the name for another node's.
+        const WAIT: Duration = Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut conn = self.pool.acquire().await?.detach();
+        let mut said = false;
+        while !lock_node_name(&mut conn, &self.node).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::NodeInUse(self.node.clone()));
+            }
+            if !said {
+                said = true;
+                tracing::warn!(node = %self.node, "this node's name is held by another connection; waiting for it (up to 10 s)");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let task = tokio::spawn(keep_node_name(conn, self.pool.clone(), self.node.clone()));
+        Ok(crate::NodeHold { task: Some(task) })
     }
 
     async fn release_leases(&self) -> Result<u64> {

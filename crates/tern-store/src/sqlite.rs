@@ -767,6 +767,10 @@ fn push_events<'a>(q: &mut QueryBuilder<'a, Sqlite>, events: &[EventRow<'a>]) {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn hold_node_name(&self) -> Result<crate::NodeHold> {
+        Ok(crate::NodeHold::default())
+    }
+
     async fn commit_message(&self, msg: NewMessage) -> Result<Vec<(usize, String)>> {
         let id = msg.id;
         let recipients = msg.envelope.recipients.len();
