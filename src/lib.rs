@@ -63,7 +63,7 @@ pub struct Server {
     /// Held (flock) while the server runs.
     _lock: std::fs::File,
     /// Keeps this node's name (PostgreSQL) while the server runs.
-    _node: tern_store::NodeHold,
+    node: tern_store::NodeHold,
 }
 
 impl Server {
@@ -203,7 +203,7 @@ impl Server {
             shutdown,
             tasks,
             _lock: lock,
-            _node: node_hold,
+            node: node_hold,
         })
     }
 
@@ -213,6 +213,12 @@ impl Server {
             .iter()
             .find(|(m, _)| *m == mode)
             .map(|(_, a)| *a)
+    }
+
+    /// Told when another node took this node's name: the server must stop
+    /// (see `tern_store::NodeHold::lost`).
+    pub fn node_lost(&self) -> tern_store::NodeLost {
+        self.node.lost()
     }
 
     /// Stops accepting, lets sessions and deliveries in flight finish, and
@@ -225,16 +231,15 @@ impl Server {
     }
 }
 
-/// Takes an exclusive advisory lock on `<data_dir>/tern.lock`, released when
-/// the process exits however it exits (the kernel drops flock locks).
-/// Says so when other users may enter the data directory: it holds mail,
+/// Says so when any user may enter the data directory: it holds mail,
 /// password hashes and DKIM private keys. Not changed here: the operator
-/// may have opened it on purpose (a mail reader running as another user).
+/// may have opened it on purpose. Group access is left alone (a mail
+/// reader in Tern's group).
 fn warn_if_open(dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(dir) {
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o007 != 0 {
             tracing::warn!(
                 data_dir = %dir.display(),
                 mode = format!("{mode:o}"),
@@ -244,6 +249,8 @@ fn warn_if_open(dir: &std::path::Path) {
     }
 }
 
+/// Takes an exclusive advisory lock on `<data_dir>/tern.lock`, released when
+/// the process exits however it exits (the kernel drops flock locks).
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("tern.lock");

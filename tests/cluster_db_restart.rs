@@ -101,8 +101,12 @@ fn auth_line() -> String {
     format!("AUTH PLAIN {b64}\r\n")
 }
 
+/// The tests here restart the cluster: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_restart_under_load_loses_nothing_acknowledged() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(db) = ScratchDb::create().await else {
         return;
     };
@@ -184,4 +188,51 @@ async fn database_restart_under_load_loses_nothing_acknowledged() {
     );
     drop(t);
     db.drop_db().await;
+}
+
+/// A node whose name another node takes while the database restarts (two
+/// nodes given one `node_id`) claims no work once it has lost the
+/// connection holding its name, and stops when it cannot take the name
+/// back; the other node runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_name_is_taken_during_a_database_restart_stops() {
+    use common::node::Node;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(db) = ScratchDb::create().await else {
+        return;
+    };
+    if !pg_ctl("status") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to run pg_ctlcluster"
+        );
+        return;
+    }
+    let config = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nnode_id = \"same\"\n",
+        db.url
+    );
+    let (da, db_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Node::with_config(da.path(), &config);
+    let mut b = Node::with_config(db_dir.path(), &config);
+    a.start().await;
+    // A is frozen while the database restarts (its session, and the name
+    // with it, end), and B takes the name meanwhile.
+    let pid = a.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    assert!(pg_ctl("restart"), "restarting PostgreSQL");
+    b.start().await;
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = a.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "A still runs without its name");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "A stops with an error: {status}");
+    assert!(b.try_wait().is_none(), "B runs on");
+    assert!(b.terminate().success());
 }

@@ -108,19 +108,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "the open-files limit is below max_connections + 100; raise it (ulimit -n, LimitNOFILE=) or connections will be refused"
         );
     }
-    // Before anything listens: a stop asked for while the server starts
-    // (its ports may already take connections) is a graceful stop once it
-    // has started, never the default action of ending the process.
+    // Before anything listens. A stop asked for while the server starts
+    // ends the start where it is: nothing has been acknowledged yet, and a
+    // start can wait long (a database that does not answer).
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let server = crate::Server::start(config).await?;
+    let server = tokio::select! {
+        server = crate::Server::start(config) => server?,
+        _ = int.recv() => return stopped_while_starting(),
+        _ = term.recv() => return stopped_while_starting(),
+    };
+    let mut lost = server.node_lost();
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        _ = lost.wait() => {
+            tracing::error!("this node's name was taken by another node; stopping");
+            server.stop().await;
+            anyhow::bail!("this node's name ([store] node_id) was taken by another running node");
+        }
     }
     tracing::info!("shutting down");
     server.stop().await;
+    Ok(())
+}
+
+fn stopped_while_starting() -> anyhow::Result<()> {
+    tracing::info!("stopped while starting");
     Ok(())
 }
 

@@ -132,6 +132,20 @@ local = ["example.test"]
         }
     }
 
+    /// The running server's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("started").id()
+    }
+
+    /// The server's exit status, once it has exited.
+    #[allow(dead_code)]
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

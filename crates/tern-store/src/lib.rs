@@ -42,9 +42,41 @@ pub enum StoreError {
 
 /// What keeps a node's name this process's (see `Store::hold_node_name`);
 /// the name is let go when it is dropped, or when the process ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeHold {
     task: Option<tokio::task::JoinHandle<()>>,
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Default for NodeHold {
+    /// A hold on nothing (the embedded store): never lost.
+    fn default() -> NodeHold {
+        NodeHold {
+            task: None,
+            lost: tokio::sync::watch::channel(false).1,
+        }
+    }
+}
+
+impl NodeHold {
+    /// Told when another node took the name (after the database
+    /// restarted, say): this node must stop, for its claims on work are
+    /// no longer its own.
+    pub fn lost(&self) -> NodeLost {
+        NodeLost(self.lost.clone())
+    }
+}
+
+/// See `NodeHold::lost`.
+pub struct NodeLost(tokio::sync::watch::Receiver<bool>);
+
+impl NodeLost {
+    /// Returns once the name is lost; never for a hold on nothing.
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drop for NodeHold {

@@ -5,6 +5,8 @@
 //! the attempt runs; a dead node's leases run out and another node takes
 //! the work.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +33,16 @@ pub struct PgStore {
     pool: PgPool,
     node: String,
     writer: mpsc::Sender<Commit>,
+    /// Whether this node holds its name (see `hold_node_name`).
+    name: Arc<AtomicU8>,
 }
+
+/// `PgStore::name`: no hold was taken (the CLI, tests of the store).
+const NAME_NOT_TAKEN: u8 = 0;
+const NAME_HELD: u8 = 1;
+/// The connection holding the name was lost: no work is claimed until
+/// the name is held again.
+const NAME_REGAINING: u8 = 2;
 
 impl PgStore {
     /// Connects, brings the schema up to date, and identifies this node's
@@ -51,6 +62,7 @@ impl PgStore {
             pool,
             node: node.to_string(),
             writer: tx,
+            name: Arc::new(AtomicU8::new(NAME_NOT_TAKEN)),
         })
     }
 
@@ -240,10 +252,13 @@ async fn lock_node_name(conn: &mut sqlx::PgConnection, node: &str) -> Result<boo
     // is gone (and lets the name go) from TCP keepalives: after about 25 s
     // instead of the system's default two hours. No effect over a Unix
     // socket, where a dead peer is seen at once.
+    // `tcp_user_timeout` likewise ends the session when what the server
+    // sends goes unacknowledged for 25 s (keepalives do not run then).
     sqlx::query(
         "SELECT set_config('tcp_keepalives_idle', '10', false),
                 set_config('tcp_keepalives_interval', '5', false),
-                set_config('tcp_keepalives_count', '3', false)",
+                set_config('tcp_keepalives_count', '3', false),
+                set_config('tcp_user_timeout', '25000', false)",
     )
     .execute(&mut *conn)
     .await?;
@@ -256,33 +271,78 @@ async fn lock_node_name(conn: &mut sqlx::PgConnection, node: &str) -> Result<boo
 }
 
 /// Keeps the connection that holds the node's name alive, and when it is
-/// lost (the database restarted) takes the name again on a new one.
-async fn keep_node_name(mut conn: sqlx::PgConnection, pool: PgPool, node: String) {
-    const EVERY: Duration = Duration::from_secs(10);
-    loop {
-        tokio::time::sleep(EVERY).await;
-        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
-            continue;
-        }
-        let mut said = false;
-        conn = loop {
-            if let Ok(c) = pool.acquire().await {
-                let mut c = c.detach();
-                match lock_node_name(&mut c, &node).await {
-                    Ok(true) => break c,
-                    Ok(false) if !said => {
-                        said = true;
-                        tracing::error!(
-                            node,
-                            "another running node has this node's name: give each node its own [store] node_id"
-                        );
-                    }
-                    _ => {}
+/// lost (the database restarted) takes the name again on a new one. While
+/// it does, the node claims no work; if another node has taken the name,
+/// the node is told to stop.
+struct Keeper {
+    pool: PgPool,
+    node: String,
+    name: Arc<AtomicU8>,
+    lost: tokio::sync::watch::Sender<bool>,
+}
+
+impl Keeper {
+    /// How often the connection is checked: a lost name stops claims
+    /// within about this long.
+    const EVERY: Duration = Duration::from_secs(2);
+    /// A check that takes longer counts as a lost connection (a
+    /// half-open one would otherwise hang for the TCP retransmission
+    /// time, many minutes).
+    const CHECK: Duration = Duration::from_secs(5);
+
+    async fn run(self, mut conn: sqlx::PgConnection) {
+        loop {
+            tokio::time::sleep(Self::EVERY).await;
+            let check = sqlx::query("SELECT 1").execute(&mut conn);
+            if matches!(tokio::time::timeout(Self::CHECK, check).await, Ok(Ok(_))) {
+                continue;
+            }
+            self.name.store(NAME_REGAINING, Ordering::Release);
+            tracing::warn!(node = %self.node, "lost the connection holding this node's name; claiming no work until it is held again");
+            match self.regain().await {
+                Some(c) => {
+                    conn = c;
+                    self.name.store(NAME_HELD, Ordering::Release);
+                    tracing::info!(node = %self.node, "holding this node's name again");
+                }
+                None => {
+                    tracing::error!(node = %self.node, "another running node has this node's name: give each node its own [store] node_id");
+                    let _ = self.lost.send(true);
+                    return;
                 }
             }
-            tokio::time::sleep(EVERY).await;
-        };
-        tracing::info!(node, "holding this node's name again");
+        }
+    }
+
+    /// A new connection holding the name, or `None` when another node
+    /// holds it. Waits for the database for as long as it takes.
+    async fn regain(&self) -> Option<sqlx::PgConnection> {
+        // Refused, the name may still be held by this node's own lost
+        // session, until the database sees that connection gone (its
+        // keepalives and user timeout: about 25 s). Refused for longer, it
+        // is another node's.
+        const OWN_SESSION: Duration = Duration::from_secs(40);
+        let mut refused_since = None;
+        loop {
+            let attempt = async {
+                let mut c = self.pool.acquire().await?.detach();
+                lock_node_name(&mut c, &self.node)
+                    .await
+                    .map(|held| (c, held))
+            };
+            match tokio::time::timeout(Self::CHECK, attempt).await {
+                Ok(Ok((c, true))) => return Some(c),
+                Ok(Ok((_, false))) => {
+                    let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= OWN_SESSION {
+                        return None;
+                    }
+                }
+                // The database is not there (yet): wait for it.
+                _ => {}
+            }
+            tokio::time::sleep(Self::EVERY).await;
+        }
     }
 }
 
@@ -304,6 +364,11 @@ impl Store for PgStore {
         policy: &RetryPolicy,
         limit: usize,
     ) -> Result<Vec<DueRecipient>> {
+        if self.name.load(Ordering::Acquire) == NAME_REGAINING {
+            // Another node may have the name now: claims made under it
+            // might be that node's to end.
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED: rows another node is claiming right now are passed
         // over, not waited for; the lease keeps them from being claimed
@@ -375,8 +440,19 @@ impl Store for PgStore {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let task = tokio::spawn(keep_node_name(conn, self.pool.clone(), self.node.clone()));
-        Ok(crate::NodeHold { task: Some(task) })
+        self.name.store(NAME_HELD, Ordering::Release);
+        let (lost, told) = tokio::sync::watch::channel(false);
+        let keeper = Keeper {
+            pool: self.pool.clone(),
+            node: self.node.clone(),
+            name: self.name.clone(),
+            lost,
+        };
+        let task = tokio::spawn(keeper.run(conn));
+        Ok(crate::NodeHold {
+            task: Some(task),
+            lost: told,
+        })
     }
 
     async fn release_leases(&self) -> Result<u64> {
