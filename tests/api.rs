@@ -1190,6 +1190,17 @@ async fn every_validation_error_names_its_field() {
         .await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert_eq!(connection(&r), None);
+    // A small body that the route does not take is read all the same.
+    let r = api
+        .request(
+            Method::POST,
+            "/api/v1/queue/0123456789abcdef0123/retry",
+            Some(&admin),
+            Some(("application/json", b"{}".to_vec())),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(connection(&r), None);
 
     // Limits are inclusive: 20 tags and metadata keys, 3 recipients.
     let tags: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
