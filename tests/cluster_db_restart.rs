@@ -36,6 +36,20 @@ fn pg_ctl(action: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this machine's cluster can be stopped and started here; CI
+/// must be able to.
+fn can_restart_postgres() -> bool {
+    if pg_ctl("status") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must be able to run pg_ctlcluster"
+    );
+    eprintln!("skipping: cannot control the PostgreSQL cluster");
+    false
+}
+
 #[derive(Default)]
 struct Tally {
     acked: BTreeSet<String>,
@@ -110,12 +124,7 @@ async fn database_restart_under_load_loses_nothing_acknowledged() {
     let Some(db) = ScratchDb::create().await else {
         return;
     };
-    if !pg_ctl("status") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to run pg_ctlcluster"
-        );
-        eprintln!("skipping: cannot control the PostgreSQL cluster");
+    if !can_restart_postgres() {
         return;
     }
     let ip: IpAddr = "127.0.0.2".parse().unwrap();
@@ -201,11 +210,7 @@ async fn a_node_whose_name_is_taken_during_a_database_restart_stops() {
     let Some(db) = ScratchDb::create().await else {
         return;
     };
-    if !pg_ctl("status") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to run pg_ctlcluster"
-        );
+    if !can_restart_postgres() {
         return;
     }
     let config = format!(

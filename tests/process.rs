@@ -11,6 +11,26 @@ use common::node::{text, Node, BIN};
 use common::*;
 use mail_parser::MimeHeaders;
 
+/// alice (password `pw-alice`) sends `message` over submission to herself
+/// (delivered at once) and to carol@remote.test (which waits in the
+/// queue); the 250.
+async fn alice_sends_to_alice_and_carol(node: &Node, message: &str) -> Reply {
+    let mut c = Client::connect(node.submission).await;
+    c.ehlo().await;
+    let mut c = c.starttls(&node.cert()).await;
+    c.ehlo().await;
+    c.auth_plain("alice", "pw-alice", "235").await;
+    let r = c
+        .mail(
+            "alice@example.test",
+            &["alice@example.test", "carol@remote.test"],
+            message,
+        )
+        .await;
+    assert_eq!(r.code, 250, "{:?}", r.lines);
+    r
+}
+
 #[tokio::test]
 async fn sigkill_right_after_250_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -21,19 +41,7 @@ async fn sigkill_right_after_250_loses_nothing() {
 
     // One local message and one for a remote domain (which waits in the
     // queue), then SIGKILL the instant the 250 arrives.
-    let mut c = Client::connect(node.submission).await;
-    c.ehlo().await;
-    let mut c = c.starttls(&node.cert()).await;
-    c.ehlo().await;
-    c.auth_plain("alice", "pw-alice", "235").await;
-    let r = c
-        .mail(
-            "alice@example.test",
-            &["alice@example.test", "carol@remote.test"],
-            "Subject: durable\r\n\r\nmust survive\r\n",
-        )
-        .await;
-    assert_eq!(r.code, 250, "{:?}", r.lines);
+    let r = alice_sends_to_alice_and_carol(&node, "Subject: durable\r\n\r\nmust survive\r\n").await;
     let id = r.lines[0].rsplit(' ').next().unwrap().to_string();
     node.kill9();
 
@@ -253,19 +261,7 @@ async fn what_tern_creates_is_private_to_its_user() {
     let out = node.tern(&["user", "add", "alice"], Some("pw-alice\n"));
     assert!(out.status.success(), "{}", text(&out));
     node.start().await;
-    let mut c = Client::connect(node.submission).await;
-    c.ehlo().await;
-    let mut c = c.starttls(&node.cert()).await;
-    c.ehlo().await;
-    c.auth_plain("alice", "pw-alice", "235").await;
-    let r = c
-        .mail(
-            "alice@example.test",
-            &["alice@example.test", "carol@remote.test"],
-            "Subject: private\r\n\r\nfor alice only\r\n",
-        )
-        .await;
-    assert_eq!(r.code, 250, "{:?}", r.lines);
+    alice_sends_to_alice_and_carol(&node, "Subject: private\r\n\r\nfor alice only\r\n").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while node.mailbox("alice").is_empty() {
         assert!(Instant::now() < deadline, "never delivered");
