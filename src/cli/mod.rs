@@ -124,7 +124,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => {}
         _ = term.recv() => {}
         _ = lost.wait() => {
-            tracing::error!("this node's name was taken by another node; stopping");
+            // The store has logged why; main prints the error below.
             server.stop().await;
             anyhow::bail!("this node's name ([store] node_id) was taken by another running node");
         }
